@@ -1,0 +1,99 @@
+"""Shared fixtures: the repo's scripts on sys.path, a strict qsub/qstat stand-in, and `make` runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+FAKEPBS = REPO / "tests" / "fakepbs"
+SHARED = REPO.parent / "shared"
+for path in (SCRIPTS, FAKEPBS):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import fakepbs  # noqa: E402  (needs the path above)
+
+
+class FakePBS:
+    """Handle on the stand-in's state folder: what was submitted, and job states for qstat."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def submissions(self) -> list[dict]:
+        return fakepbs.submissions(self.folder)
+
+    def set_state(self, job_id: str, state: str, exit_status: int | None = None) -> None:
+        old = os.environ.get("FAKEPBS_DIR")
+        os.environ["FAKEPBS_DIR"] = str(self.folder)
+        try:
+            fakepbs.set_state(job_id, state, exit_status)
+        finally:
+            if old is None:
+                os.environ.pop("FAKEPBS_DIR", None)
+            else:
+                os.environ["FAKEPBS_DIR"] = old
+
+
+@pytest.fixture
+def fake_pbs(tmp_path, monkeypatch) -> FakePBS:
+    """qsub/qstat stand-ins first on PATH (for this process and the makes it starts)."""
+    folder = tmp_path / "fakepbs"
+    folder.mkdir()
+    monkeypatch.setenv("FAKEPBS_DIR", str(folder))
+    monkeypatch.setenv("PATH", f"{FAKEPBS}{os.pathsep}{os.environ['PATH']}")
+    return FakePBS(folder)
+
+
+@pytest.fixture
+def exp_dir(tmp_path) -> Path:
+    path = tmp_path / "exp"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make(exp_dir):
+    """run `make ARGS` in the repo with EXP_DIR in tmp; returns the CompletedProcess.
+
+    check=True (default) fails the test, showing the output, on a non-zero exit.
+    """
+    def run(*args: str, check: bool = True, env: dict | None = None, makefiles: tuple[str, ...] = (),
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        cmd = ["make", "--no-print-directory", "-C", str(REPO)]
+        for makefile in makefiles:
+            cmd += ["-f", str(makefile)]
+        cmd += [f"EXP_DIR={exp_dir}", *args]
+        full_env = {**os.environ, **(env or {})}
+        full_env.pop("MAKEFLAGS", None)
+        full_env.pop("MFLAGS", None)
+        result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+        if check and result.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout}\n"
+                        f"stderr:\n{result.stderr}")
+        return result
+    return run
+
+
+def run_script(name: str, *args: str, check: bool = True, env: dict | None = None,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run scripts/<name>.py with the test interpreter."""
+    cmd = [sys.executable, str(SCRIPTS / f"{name}.py"), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def shared_path(*parts: str) -> Path:
+    """A file in ../shared, or skip the test when this checkout has none."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return path
