@@ -94,13 +94,16 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 	rm -rf $(REPO)/.venv-lock
 
 .PHONY: demo bench status
+# every demo step runs locally on the sample; each line is one pipeline target
+DEMO_MAKE = $(MAKE) --no-print-directory EXP_DIR=$(DEMO_DIR) SCHEDULER=local DATASET=dolmino-mix-1124
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
 	$(PY) $(REPO)/scripts/demo_data.py --output $(DEMO_DIR)/dolmino-mix-1124
-	$(MAKE) --no-print-directory extract merge EXP_DIR=$(DEMO_DIR) DATASET=dolmino-mix-1124 SCHEDULER=local
-	$(MAKE) --no-print-directory status EXP_DIR=$(DEMO_DIR) DATASET=dolmino-mix-1124 SCHEDULER=local
+	$(DEMO_MAKE) extract merge
+	$(DEMO_MAKE) status
 
+BENCH_ARGS ?=
 bench: $(VENV_STAMP) ## benchmarks, printed side by side with their references
-	$(NOT_BUILT)
+	cd $(REPO) && for bench in scripts/bench_*.py; do $(PY) "$$bench" $(BENCH_ARGS); done
 
 status: $(VENV_STAMP) ## table of the pipeline's stages and submitted jobs
 	$(PY) $(REPO)/scripts/status.py --exp-dir $(EXP_DIR) --dataset $(DATASET) --tokenizer-name $(TOKENIZER_NAME) \

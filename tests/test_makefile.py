@@ -60,7 +60,7 @@ def test_no_site_values_have_defaults(make):
 
 def test_status_on_an_empty_exp_dir(make):
     out = make("status").stdout
-    for stage in ("download", "extract", "merge", "tokenize"):
+    for stage in ("download", "extract", "merge", "tokenize-v3.1"):
         assert re.search(rf"^{stage}\s+missing", out, re.M)
     assert "none submitted" in out
 
