@@ -53,7 +53,8 @@ def test_no_site_values_have_defaults(make):
     printed = make("-pq", "help", check=False).stdout
     for knob in ("PBS_GROUP", "PBS_QUEUE", "PBS_RTYPE", "TOKENIZER_MODEL", "MEGATRON_PATH", "ENV_DIR", "DEPEND"):
         assert re.search(rf"^{knob} =\s*$", printed, re.M), f"{knob} must default to empty"
-    tracked = subprocess.run(["git", "-C", str(REPO), "grep", "-nE", r"/groups/|gcg5[0-9]+", "--", ":!*.md"],
+    cluster_paths = "/" + "groups/|gcg5[0-9]+"  # spelled in pieces so this file does not match itself
+    tracked = subprocess.run(["git", "-C", str(REPO), "grep", "-nE", cluster_paths, "--", ":!*.md"],
                              capture_output=True, text=True)
     assert tracked.stdout == "", f"cluster-specific paths in tracked files:\n{tracked.stdout}"
 
