@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""Write a mergekit config (merge/<NAME>.yaml) that averages the seed runs of one model.
+
+Each SEEDS item is `SEED` (a run of --size), `SIZE:SEED` (the 13B recipe mixes 100B and 300B
+runs) or either with `@ITER`; the ingredient is the run's converted checkpoint
+`<EXP_DIR>/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/checkpoints_hf/iter_NNNNNNN/`, at --iter or the
+latest one present. Paths are written absolute (mergekit takes a relative one for a hub name).
+The ingredients are checked now (present, one architecture, same shapes and tokenizer) unless
+--allow-pending says they are still being produced by jobs this soup will depend on.
+
+    soup_config.py --exp-dir exp --task v4-dolmino-mix-1124 --param 7.7b --size 50B \\
+                   --seeds "42 666 42069" --merge-dir merge
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.errors import run_main
+from pipeline.paths import MERGE_DIR, exp_dir, run_dir, soup_dir
+from pipeline.soup import (DTYPES, check_compatible, check_name, default_name, load_checkpoint, parse_ingredients,
+                           parse_iteration, render_config, resolve_checkpoint, write_config)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp-dir", default=None, help="EXP_DIR holding runs/ and soups/ (default: $EXP_DIR)")
+    parser.add_argument("--task", required=True, help="TASK of the runs")
+    parser.add_argument("--param", required=True, help="PARAM (model configuration) of the runs")
+    parser.add_argument("--size", required=True, help="SIZE of the runs whose SEEDS item has no SIZE: prefix")
+    parser.add_argument("--seeds", required=True,
+                        help="space-separated ingredients: SEED, SIZE:SEED, either with @ITER")
+    parser.add_argument("--iter", default="", help="checkpoint iteration of every ingredient (default: the latest)")
+    parser.add_argument("--name", default="", help="config name: <merge-dir>/<name>.yaml, soups/<name>/ "
+                        "(default TASK_PARAM_SIZES)")
+    parser.add_argument("--merge-dir", type=Path, default=MERGE_DIR, help="folder the config is written to")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the merge and its output")
+    parser.add_argument("--allow-pending", action="store_true",
+                        help="the runs are still in progress (a DEPEND chain): write the paths for --iter "
+                             "without checking them; `make soup` checks them when its job starts")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    exp = exp_dir(args.exp_dir)
+    specs = parse_ingredients(args.seeds, args.size, parse_iteration(args.iter, "ITER"))
+    name = check_name(args.name or default_name(args.task, args.param, specs))
+    paths = [resolve_checkpoint(run_dir(exp, args.task, args.param, s.size, s.seed), s.iteration,
+                                allow_pending=args.allow_pending) for s in specs]
+    if not args.allow_pending:
+        check_compatible([load_checkpoint(p) for p in paths])
+    text = render_config(task=args.task, param=args.param, specs=specs, paths=paths,
+                         output=soup_dir(exp, name), dtype=args.dtype)
+    target = args.merge_dir.resolve() / f"{name}.yaml"
+    written = write_config(target, text)
+    print(f"soup-config: {target} {'written' if written else 'up to date'} "
+          f"({len(paths)} ingredients: {', '.join(s.label() for s in specs)})")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
