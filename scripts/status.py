@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Where the pipeline stands: one table of the data stages and one of the submitted jobs.
+"""Where the pipeline stands: tables of the data stages, the submitted jobs, the training runs and soups.
 
 A stage is `done` when its sentinel EXP_DIR/.state/<dataset>/<stage>/done.json exists, `partial`
 when its output folder has files but no sentinel (running, failed or killed), `missing` otherwise.
 Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states.
+Each run under EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/ gets a row: the iteration its newest
+training log reached, the latest Megatron checkpoint, the Hugging Face conversions; each soup
+under EXP_DIR/soups/<NAME>/ one more.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 from pipeline.errors import run_main
+from pipeline.megatron_ckpt import ITER_DIR, TRACKER, available_iterations
+from pipeline.megatron_log import find_logs, last_iteration
 from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
+from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD, hf_checkpoints
 
 JOBS_SHOWN = 15
 
@@ -108,6 +116,85 @@ def job_rows(exp: Path, scheduler: str) -> list[tuple[str, ...]]:
     return rows
 
 
+def find_runs(exp: Path) -> list[Path]:
+    return sorted(p for p in (exp / "runs").glob("*/*/*/seed*") if p.is_dir())
+
+
+def _iterations(values: list[int], shown: int = 3) -> str:
+    values = sorted(values)
+    listed = ", ".join(map(str, values[-shown:]))
+    return f"{len(values)}: {'..., ' if len(values) > shown else ''}{listed}"
+
+
+def _tracker(folder: Path) -> str:
+    tracker = folder / TRACKER
+    return tracker.read_text(encoding="utf-8", errors="replace").strip() if tracker.is_file() else ""
+
+
+def checkpoint_cell(run: Path) -> str:
+    """The iteration Megatron resumes from (its tracker file) and how many iter_NNNNNNN/ folders exist;
+    before the run saves anything, the start checkpoint `make init` prepared."""
+    folder = run / "checkpoints"
+    saved = available_iterations(folder) if folder.is_dir() else []
+    latest = _tracker(folder)
+    if latest:
+        return f"iter {latest} ({len(saved)} saved)"
+    if saved:
+        return f"iter {max(saved)}? (no {TRACKER})"
+    start = _tracker(run / "start")
+    return f"start only (init from iter {start})" if start else "-"
+
+
+def run_rows(exp: Path) -> list[tuple[str, ...]]:
+    rows = []
+    for run in find_runs(exp):
+        logs = find_logs(run)
+        record = last_iteration(logs)
+        if record is not None:
+            reached = f"{record.iteration}/{record.train_iters}"
+            if record.train_iters:
+                reached += f" ({100 * record.iteration / record.train_iters:.0f}%)"
+        else:
+            reached = "not started" if not logs else "no iteration yet"
+        hf = hf_checkpoints(run)
+        last_log = "-"
+        if logs:
+            newest = max(logs, key=lambda p: p.stat().st_mtime)
+            stamp = dt.datetime.fromtimestamp(newest.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+            last_log = f"{newest.name} ({stamp})"
+        converting = [p for p in (run / "checkpoints_hf").glob("iter_*") if p.is_dir() and ITER_DIR.match(p.name)
+                      and not (p / "config.json").is_file()]
+        hf_cell = (_iterations(list(hf)) if hf else "-") + (f" (+{len(converting)} incomplete)" if converting else "")
+        rows.append(("/".join(run.relative_to(exp / "runs").parts), reached, checkpoint_cell(run), hf_cell,
+                     str(len(logs)), last_log))
+    return rows
+
+
+def soup_rows(exp: Path) -> list[tuple[str, ...]]:
+    folder = exp / "soups"
+    if not folder.is_dir():
+        return []
+    rows = []
+    names = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    merging = {m[1] for p in folder.iterdir() if (m := re.match(r"^\.(.+)\.tmp\.\d+$", p.name))}
+    for name in sorted(names | merging):
+        soup = folder / name
+        record_file = soup / SOUP_RECORD
+        if record_file.is_file():
+            try:
+                record = json.loads(record_file.read_text(encoding="utf-8"))
+            except ValueError:
+                record = {}
+            ingredients = record.get("ingredients") or []
+            detail = f"{len(ingredients)} models, {record.get('method', '?')}, {record.get('dtype') or '?'}"
+            rows.append((name, "done", detail, str(soup)))
+        elif soup.is_dir():
+            rows.append((name, "incomplete", f"no {SOUP_RECORD}", str(soup)))
+        else:
+            rows.append((name, "merging (or killed)", "-", str(folder / f".{name}.tmp.*")))
+    return rows
+
+
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in (header, tuple("-" * w for w in widths), *rows):
@@ -136,6 +223,20 @@ def main() -> None:
         print_table(("submitted", "job id", "name", "state", "depend"), rows)
     else:
         print("Jobs: none submitted yet")
+    runs = run_rows(exp)
+    print()
+    if runs:
+        print(f"Runs (under {exp / 'runs'}):")
+        print_table(("run", "iteration", "checkpoint", "hf conversions", "jobs", "last log"), runs)
+    else:
+        print(f"Runs: none under {exp / 'runs'}")
+    soups = soup_rows(exp)
+    print()
+    if soups:
+        print(f"Soups (under {exp / 'soups'}):")
+        print_table(("soup", "state", "models", "where"), soups)
+    else:
+        print(f"Soups: none under {exp / 'soups'}")
 
 
 if __name__ == "__main__":
