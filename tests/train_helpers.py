@@ -1,0 +1,138 @@
+"""Fixtures for the training-step tests: a real torch_dist checkpoint, tokenized data, fake launchers.
+
+Writing a checkpoint with megatron-core costs seconds, so `pretrained_checkpoint` builds one per
+pytest process and hands out the same folder (tests must not modify it: they only read it, as
+make init does). Everything else is written fresh into each test's tmp_path.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import stat
+import textwrap
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_fixture import write_torch_dist
+from pipeline.datalist import Entry, read_list, write_list
+from pipeline.indexed import IndexedDatasetWriter
+
+PRETRAIN_ITER = 30
+CONSUMED = 240
+_CACHE: dict[str, Path] = {}
+
+# the LLM-jp 50B ratios (FACTS section 2): weight = ceil(tokens x ratio)
+RATIOS_50B = {"dclm": Fraction("0.0323"), "flan": Fraction("0.5"), "pes2o": Fraction("0.0515")}
+
+
+def common_state(iteration: int = PRETRAIN_ITER) -> dict:
+    from megatron.core.transformer.enums import AttnBackend
+    args = argparse.Namespace(num_layers=2, hidden_size=8, ffn_hidden_size=16, num_attention_heads=2,
+                              seq_length=16, global_batch_size=8, micro_batch_size=1, train_iters=iteration,
+                              consumed_train_samples=CONSUMED, consumed_valid_samples=16, skipped_train_samples=0,
+                              iteration=iteration, attention_backend=AttnBackend.flash,
+                              params_dtype=torch.bfloat16, tensor_model_parallel_size=1,
+                              pipeline_model_parallel_size=1, data_parallel_size=1, world_size=1, lr=3e-4,
+                              lr_decay_style="cosine")
+    return {"args": args, "iteration": iteration, "checkpoint_version": 3.0,
+            "opt_param_scheduler": {"max_lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 80, "decay_steps": 2400,
+                                    "decay_style": "cosine", "num_steps": CONSUMED},
+            "optimizer": {"optimizer": {"state": {"common_step": iteration}, "param_groups": []}},
+            "num_floating_point_operations_so_far": 1.5e12}
+
+
+TENSORS = {"decoder.layers.self_attention.linear_qkv.weight": torch.arange(24.0).reshape(2, 3, 4),
+           "optimizer.state.exp_avg.decoder.layers.self_attention.linear_qkv.weight": torch.full((2, 3, 4), 0.5)}
+
+
+def pretrained_checkpoint(factory, *, common_in_shards: bool = False) -> Path:
+    """A real torch_dist checkpoints folder at iteration 30 (built once per process; read-only)."""
+    key = "shards" if common_in_shards else "legacy"
+    if key not in _CACHE:
+        root = factory.mktemp(f"pretrain-{key}") / "checkpoints"
+        write_torch_dist(root, PRETRAIN_ITER, TENSORS, common_state(), common_in_shards=common_in_shards)
+        _CACHE[key] = root
+    return _CACHE[key]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
+    """(size, mtime_ns, content) of every file below `folder`, to prove it was left untouched."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def write_tokenized(exp: Path, prefixes: dict[str, int], seed: int = 0) -> list[Entry]:
+    """Tiny valid Megatron datasets `<exp>/<prefix>.{bin,idx}`; returns list entries with their token counts."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for prefix, tokens in prefixes.items():
+        with IndexedDatasetWriter(exp / prefix, np.int32) as writer:
+            left = tokens
+            while left > 0:
+                n = min(left, 7)
+                writer.add_document(rng.integers(3, 1000, n))
+                left -= n
+            writer.finalize()
+        entries.append(Entry(tokens, prefix))
+    return entries
+
+
+def data_list(path: Path, entries: list[Entry]) -> Path:
+    write_list(path, entries, "test mixture")
+    return path
+
+
+def llmjp_50b_list(all_list: Path, out: Path) -> Path:
+    """The LLM-jp 50B mixture built from the real all-files list: weight = ceil(tokens x ratio)."""
+    entries = [Entry(math.ceil(e.weight * RATIOS_50B.get(e.prefix.split("/")[1], Fraction(1))), e.prefix)
+               for e in read_list(all_list)]
+    return data_list(out, entries)
+
+
+def fake_megatron(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pretrain_gpt.py").write_text("raise SystemExit('not the real Megatron')\n")
+    return folder
+
+
+def executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def fake_mpirun(bin_dir: Path) -> Path:
+    """An `mpirun` that records its argv and environment to $FAKE_MPIRUN_RECORD and prints a line."""
+    return executable(bin_dir / "mpirun", textwrap.dedent("""\
+        #!/usr/bin/env python3
+        import json, os, sys
+        keys = ("MASTER_ADDR", "MASTER_PORT", "CUDA_DEVICE_MAX_CONNECTIONS", "NVTE_FUSED_ATTN",
+                "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "FROM_ACTIVATE")
+        with open(os.environ["FAKE_MPIRUN_RECORD"], "w") as handle:
+            json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}, handle)
+        print(" [2026-01-01 00:00:00] iteration        1/       4 | consumed samples:            8 | lm loss: 9.9E+00 |")
+        print("fake megatron warning", file=sys.stderr)
+        sys.exit(int(os.environ.get("FAKE_MPIRUN_STATUS", "0")))
+        """))
+
+
+def fake_env_dir(folder: Path, megatron: Path) -> Path:
+    """An ENV_DIR whose activate.sh exports what the real one does (without modules or a venv)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "activate.sh").write_text(textwrap.dedent(f"""\
+        export ENV_DIR={str(folder)!r}
+        export MEGATRON_PATH={str(megatron)!r}
+        export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
+        export FROM_ACTIVATE=yes
+        """))
+    return folder
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
