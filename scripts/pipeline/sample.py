@@ -146,3 +146,26 @@ def generate(root: str | Path, seed: int = 0, docs: int = 20) -> Sample:
         w.write(f"{m}/tulu_math/{subset}/0000.jsonl", "tulu_math", max(2, docs // 2), "math",
                 extra={"messages": [{"role": "user", "content": "x"}]})
     return w.sample
+
+
+def generate_parquet(root: str | Path, seed: int = 0, files: int = 3, rows: int = 20,
+                     text_column: str = "text") -> Sample:
+    """A MegaMath-Web-Pro-Max-like raw tree: `data/train-NNNNN.parquet` with text, url and score columns.
+
+    `text_column` renames the text column (to test a schema without `text`).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    w = _Writer(root, random.Random(seed))
+    for part in range(files):
+        texts = [w.text("math") for _ in range(rows)]
+        table = pa.table({text_column: texts,
+                          "url": [f"https://example.org/{part}/{i}" for i in range(rows)],
+                          "score": [round(w.rng.random(), 4) for _ in range(rows)]})
+        rel = f"data/train-{part:05d}.parquet"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, root / rel, row_group_size=max(1, rows // 2))
+        w.sample.files.append(SampleFile(rel, rows))
+    return w.sample
