@@ -156,7 +156,7 @@ class IndexedDatasetWriter:
         """
         tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
         lengths = np.asarray(lengths, dtype=np.int64)
-        self._bin.write(tokens.tobytes())
+        self._bin.write(memoryview(tokens).cast("B"))  # no copy of the (large) token block
         nonempty = lengths[lengths > 0].astype(np.int32)
         self._lengths.write(nonempty.tobytes())
         ends = self.sequences + np.cumsum(lengths > 0, dtype=np.int64)
@@ -181,7 +181,9 @@ class IndexedDatasetWriter:
             os.fsync(idx.fileno())
         self._lengths.close()
         self._docs.close()
-        # .bin first: an .idx under its final name always has its .bin beside it
+        # .bin first: an .idx under its final name always has its .bin beside it; an older .idx goes
+        # before that, so a crash between the two renames never pairs it with the new .bin
+        self.idx_final.unlink(missing_ok=True)
         os.replace(self.bin_tmp, self.bin_final)
         os.replace(self.idx_tmp, self.idx_final)
         self._closed = True
