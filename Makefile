@@ -95,17 +95,21 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 
 .PHONY: demo bench status
 # every demo step runs locally on the sample; each line is one pipeline target
-DEMO_MAKE = $(MAKE) --no-print-directory EXP_DIR=$(DEMO_DIR) SCHEDULER=local DATASET=dolmino-mix-1124
+DEMO_MAKE = $(MAKE) --no-print-directory EXP_DIR=$(DEMO_DIR) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
 	$(PY) $(REPO)/scripts/demo_data.py --output $(DEMO_DIR)/dolmino-mix-1124
 	$(DEMO_MAKE) extract merge
+	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/scripts/train_tokenizer.py --input $(DEMO_DIR)/dolmino-mix-1124-extracted-merged --output $(DEMO_DIR)/tokenizer/demo.model && )$(DEMO_MAKE) tokenize TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model)
+	$(DEMO_MAKE) count mix TASK=demo SIZE=demo PARAM=tiny
+	$(PY) $(REPO)/scripts/make_tiny_runs.py --exp-dir $(DEMO_DIR) --task demo --param tiny --size demo --seeds "1 2 3"
+	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" NAME=demo-soup MERGE_DIR=$(DEMO_DIR)/merge
 	$(DEMO_MAKE) status
 
 BENCH_ARGS ?=
 bench: $(VENV_STAMP) ## benchmarks, printed side by side with their references
 	cd $(REPO) && for bench in scripts/bench_*.py; do $(PY) "$$bench" $(BENCH_ARGS); done
 
-status: $(VENV_STAMP) ## table of the pipeline's stages and submitted jobs
+status: $(VENV_STAMP) ## tables of the pipeline's stages, submitted jobs, training runs and soups
 	$(PY) $(REPO)/scripts/status.py --exp-dir $(EXP_DIR) --dataset $(DATASET) --tokenizer-name $(TOKENIZER_NAME) \
 		--scheduler $(SCHEDULER)
 
@@ -113,63 +117,220 @@ status: $(VENV_STAMP) ## table of the pipeline's stages and submitted jobs
 # Data: download -> extract -> merge -> tokenize -> count -> mix
 # ---------------------------------------------------------------------------------------------
 .PHONY: download extract merge tokenize clean-intermediate count mix
+# download/extract/merge knobs (descriptions: tasks/datasets/<DATASET>.yaml)
+INCLUDE ?=
+VERIFY ?= 0
+DOWNLOAD_WORKERS ?= 8
+HF_ENDPOINT ?=
+EXTRACT_CHUNKS ?= 16
+VALIDATE ?= 0
+ON_BAD_LINE ?= fail
+# INCLUDE: download only files matching these patterns; VERIFY=1: check hashes, not only sizes (VERIFY=sample
+# is for make soup: it checks a subset of tensors);
+# HF_ENDPOINT: a hub mirror (HF_TOKEN is read from the environment or `hf auth login`, never passed on);
+# EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs (locally: one job, JOBS workers);
+# VALIDATE=1: merge parses every line as JSON with a string text; ON_BAD_LINE=fail|skip.
+$(call require_int,DOWNLOAD_WORKERS)$(if $(filter 0,$(DOWNLOAD_WORKERS)),$(error DOWNLOAD_WORKERS must be at least 1))
+$(call require_int,EXTRACT_CHUNKS)$(if $(filter 0,$(EXTRACT_CHUNKS)),$(error EXTRACT_CHUNKS must be at least 1))
+$(if $(filter $(VERIFY),0 1 sample),,$(error VERIFY must be 0, 1 or sample (got '$(VERIFY)')))
+$(if $(filter $(VALIDATE),0 1),,$(error VALIDATE must be 0 or 1 (got '$(VALIDATE)')))
+$(if $(filter $(ON_BAD_LINE),fail skip),,$(error ON_BAD_LINE must be fail or skip (got '$(ON_BAD_LINE)')))
+ON_PBS = $(filter pbs,$(SCHEDULER))
+# extract: an array over file chunks on PBS (a plain job when there is one chunk), one job here
+EXTRACT_CHUNKS_RUN = $(if $(ON_PBS),$(EXTRACT_CHUNKS),1)
+EXTRACT_ARRAY = $(if $(filter-out 1,$(EXTRACT_CHUNKS_RUN)),--array 0-$(shell echo $$(($(EXTRACT_CHUNKS_RUN) - 1))))
+# worker processes inside a job: JOBS here, every core of the node on PBS
+DATA_WORKERS = $(if $(ON_PBS),auto,$(JOBS))
+
 download: $(VENV_STAMP) ## fetch DATASET from the Hugging Face hub into EXP_DIR/<dataset>
-	$(NOT_BUILT)
+	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,48:00:00) \
+		--var DATASET=$(DATASET) --var INCLUDE='$(INCLUDE)' --var VERIFY=$(if $(filter 1,$(VERIFY)),1,0) \
+		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var HF_ENDPOINT='$(HF_ENDPOINT)')
 
 extract: $(VENV_STAMP) ## decompress the raw files into EXP_DIR/<dataset>-extracted
-	$(NOT_BUILT)
+	$(SUBMIT) --template pbs/extract.pbs --name extract-$(DATASET) --walltime $(call walltime,12:00:00) \
+		$(EXTRACT_ARRAY) --var DATASET=$(DATASET) --var CHUNKS=$(EXTRACT_CHUNKS_RUN) --var WORKERS=$(DATA_WORKERS)
 
 merge: $(VENV_STAMP) ## concatenate extracted files into grouped JSONL (<dataset>-extracted-merged)
-	$(NOT_BUILT)
+	$(SUBMIT) --template pbs/merge.pbs --name merge-$(DATASET) --walltime $(call walltime,24:00:00) \
+		--var DATASET=$(DATASET) --var WORKERS=$(DATA_WORKERS) --var VALIDATE=$(VALIDATE) \
+		--var ON_BAD_LINE=$(ON_BAD_LINE)
 
 clean-intermediate: $(VENV_STAMP) ## remove extracted and merged trees once every tokenized output is complete
-	$(NOT_BUILT)
+	$(SUBMIT) --template pbs/clean_intermediate.pbs --name clean-$(DATASET) --walltime $(call walltime,02:00:00) \
+		--var DATASET=$(DATASET) --var TOKENIZER_NAME=$(TOKENIZER_NAME)
 
+# tokenize: TOKENIZER_MODEL is required (no default); TOKENIZER_TYPE = Megatron's tokenizer class whose
+# documents are reproduced; TOKENIZE_ARGS go to the planner (--no-bos, --on-bad-line skip, ...);
+# TOKENIZE_WORKERS = tokenizer processes per file (JOBS here; 0 = every core of the node on PBS).
+# PBS: one array index per file that is not up to date; here: one file after another, all cores each.
+TOKENIZER_TYPE ?= Llama2Tokenizer
+TOKENIZE_ARGS ?=
+TOKENIZE_WORKERS ?= $(if $(filter pbs,$(SCHEDULER)),0,$(JOBS))
+TOKENIZER_TYPES := Llama2Tokenizer SentencePieceTokenizer HuggingFaceTokenizer
+$(if $(filter $(TOKENIZER_TYPE),$(TOKENIZER_TYPES)),,$(error TOKENIZER_TYPE must be one of: $(TOKENIZER_TYPES) (got '$(TOKENIZER_TYPE)')))
+$(call require_int,TOKENIZE_WORKERS)
 tokenize: $(VENV_STAMP) ## tokenize merged files into Megatron .bin/.idx (<dataset>-<tok>-tokenized)
-	$(NOT_BUILT)
+	@if [ -z '$(strip $(TOKENIZER_MODEL))' ]; then echo "make tokenize: TOKENIZER_MODEL is not set: give the" \
+		"tokenizer model, e.g. TOKENIZER_MODEL=/path/to/llm-jp-tokenizer-100k.ver3.1.model (or in local.mk)" >&2; exit 2; fi
+	@plan=$$($(PY) $(REPO)/scripts/tokenize_dataset.py plan --exp-dir $(EXP_DIR) --dataset $(DATASET) \
+		--tokenizer-name $(TOKENIZER_NAME) --tokenizer-type $(TOKENIZER_TYPE) \
+		--tokenizer-model '$(abspath $(TOKENIZER_MODEL))' $(TOKENIZE_ARGS)); set -- $$plan; \
+	if [ "$$1" = 0 ]; then echo "make tokenize: every output of $(DATASET) is up to date"; exit 0; fi; \
+	array=; if [ "$$1" -gt 1 ]; then array="--array 0-$$(($$1 - 1))"; fi; \
+	$(SUBMIT) --parallel 1 --template pbs/tokenize.pbs --name tokenize-$(DATASET)-$(TOKENIZER_NAME) \
+		--walltime $(call walltime,12:00:00) $$array --var PLAN=$$2 --var WORKERS=$(TOKENIZE_WORKERS)
 
+# count/mix: TASK_OUT writes the lists and reports elsewhere than tasks/<TASK>/ (mix then reads the
+# all-list there too); ALL_LIST makes mix read another all-list: PATH, or TASK=PATH for another task
+# of a union (space-separated)
+TASK_OUT ?=
+ALL_LIST ?=
 count: $(VENV_STAMP) ## exact token counts from .idx files -> tasks/<TASK>/train_data.all.sh
-	$(NOT_BUILT)
+	$(PY) $(REPO)/scripts/count.py --exp-dir $(EXP_DIR) --task '$(TASK)' --tokenizer-name '$(TOKENIZER_NAME)' \
+		$(if $(TASK_OUT),--out-dir '$(TASK_OUT)')
 
 mix: $(VENV_STAMP) ## mixture list tasks/<TASK>/train_data_<SIZE>.sh plus a report
-	$(NOT_BUILT)
+	$(PY) $(REPO)/scripts/mix.py --task '$(TASK)' --size '$(SIZE)' --param '$(PARAM)' \
+		$(if $(TASK_OUT),--out-dir '$(TASK_OUT)') $(foreach list,$(ALL_LIST),--all-list '$(list)')
 
 # ---------------------------------------------------------------------------------------------
 # Training: env -> init -> train (per seed) -> convert -> soup
 # ---------------------------------------------------------------------------------------------
 .PHONY: env env-check args init ckpt-info train train-seeds chain convert soup-config soup report
+# env / env-check: ENV_CONFIG holds the pins; DRY_RUN=1 prints the installer's commands and runs nothing;
+# ENV_PYTHON checks that interpreter instead of ENV_DIR's venv; ENV_CHECK_ARGS e.g. --no-gpu on a login node
+ENV_CONFIG ?= $(REPO)/params/environment.yaml
+DRY_RUN ?=
+ENV_PYTHON ?=
+ENV_CHECK_ARGS ?=
+ENV_SETUP_DRY = $(PY) $(REPO)/scripts/env_setup.py --env-dir '$(abspath $(ENV_DIR))' --config '$(abspath $(ENV_CONFIG))' --dry-run
+ENV_SETUP_JOB = $(SUBMIT) --template pbs/setup_env.pbs --name setup-env --walltime $(call walltime,04:00:00) \
+	--var ENV_DIR=$(abspath $(ENV_DIR)) --var ENV_CONFIG=$(abspath $(ENV_CONFIG))
+ENV_CHECK_FLAGS = --env-dir=$(abspath $(ENV_DIR)) --python=$(ENV_PYTHON) --config=$(abspath $(ENV_CONFIG)) \
+	--megatron-path=$(abspath $(MEGATRON_PATH)) --tokenizer-model=$(abspath $(TOKENIZER_MODEL)) $(ENV_CHECK_ARGS)
 env: $(VENV_STAMP) ## install the training environment (Megatron-LM, TE, apex, flash-attn) into ENV_DIR
-	$(NOT_BUILT)
+	@test -n '$(ENV_DIR)' || { echo "make env: set ENV_DIR=/path/to/environment (or ENV_DIR in local.mk)" >&2; exit 2; }
+	$(if $(filter 1,$(DRY_RUN)),$(ENV_SETUP_DRY),$(ENV_SETUP_JOB))
 
 env-check: $(VENV_STAMP) ## check that ENV_DIR can run the jobs (versions, GPUs, imports)
-	$(NOT_BUILT)
+	$(if $(filter pbs,$(SCHEDULER)),$(SUBMIT) --template pbs/run_step.pbs --name env-check \
+		--walltime $(call walltime,00:10:00) --var STEP=env_check --var 'STEP_ARGS=$(ENV_CHECK_FLAGS)', \
+		cd $(REPO) && $(PY) scripts/env_check.py $(ENV_CHECK_FLAGS))
 
-args: $(VENV_STAMP) ## print the Megatron arguments of a run (TASK PARAM SIZE SEED)
-	$(NOT_BUILT)
+# args/init/train/train-seeds/chain: DATA_LIST reads another mixture list than tasks/<TASK>/train_data_<SIZE>.sh;
+# BASE_CKPT (+ BASE_ITER) is the checkpoint a run starts from (a checkpoints folder, an iter_NNNNNNN folder or
+# an earlier run's folder; _curriculum params default to their earlier stage's run); FORCE=1 replaces a start
+# or submits despite a live job of the run; GPUS_PER_NODE (default: counted by the job, else 8); LAUNCHER
+# auto|mpi|torchrun; MASTER_PORT; wandb logging when WANDB_PROJECT (and WANDB_ENTITY) is set; ARGS_MODE
+# train|convert for make args; CKPT is what make ckpt-info reads. chain: CPU_QUEUE (init and soup jobs;
+# default PBS_QUEUE), CONVERT_WALLTIME, SOUP_WALLTIME; the convert and soup knobs below apply to its jobs.
+DATA_LIST ?=
+BASE_CKPT ?=
+BASE_ITER ?=
+FORCE ?=
+GPUS_PER_NODE ?=
+LAUNCHER ?= auto
+MASTER_PORT ?=
+WANDB_ENTITY ?=
+WANDB_PROJECT ?=
+ARGS_MODE ?= train
+CKPT ?=
+CPU_QUEUE ?=
+CONVERT_WALLTIME ?= 04:00:00
+SOUP_WALLTIME ?= 04:00:00
+$(if $(BASE_ITER),$(call require_int,BASE_ITER))
+# the run and its inputs, as scripts/train_args.py and scripts/train.py take them
+TRAIN_RUN = --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' --data-list '$(DATA_LIST)' \
+	--tokenizer-model '$(TOKENIZER_MODEL)' --env-dir '$(ENV_DIR)' --megatron-path '$(MEGATRON_PATH)' \
+	--wandb-entity '$(WANDB_ENTITY)' --wandb-project '$(WANDB_PROJECT)'
+TRAIN_JOB = --gpus-per-node '$(GPUS_PER_NODE)' --launcher-knob '$(LAUNCHER)' --master-port '$(MASTER_PORT)' \
+	--walltime $(call walltime,168:00:00) $(if $(filter 1,$(FORCE)),--force)
+# train.py submits every job through scripts/submit.py with the flags of $(SUBMIT) (all its words after the script)
+SUBMIT_FLAGS = $(wordlist 3,$(words $(SUBMIT)),$(SUBMIT))
+TRAIN = $(PY) $(REPO)/scripts/train.py
+args: $(VENV_STAMP) ## print the Megatron arguments of a run (TASK PARAM SIZE SEED), one per line
+	@$(PY) $(REPO)/scripts/train_args.py $(TRAIN_RUN) --seed $(SEED) --mode '$(ARGS_MODE)' \
+		--launcher $(if $(filter torchrun,$(LAUNCHER)),torchrun,mpi)
 
 init: $(VENV_STAMP) ## prepare a run directory from the pretrained checkpoint (BASE_CKPT)
-	$(NOT_BUILT)
+	$(PY) $(REPO)/scripts/init_run.py --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' \
+		--seed $(SEED) --base-ckpt '$(BASE_CKPT)' $(if $(BASE_ITER),--base-iter $(BASE_ITER)) \
+		$(if $(filter 1,$(FORCE)),--force)
 
 ckpt-info: $(VENV_STAMP) ## describe a Megatron checkpoint without Megatron (CKPT)
-	$(NOT_BUILT)
+	@test -n '$(CKPT)' || { echo "make ckpt-info: set CKPT=<checkpoints folder, iter_NNNNNNN folder or run folder>" >&2; exit 2; }
+	$(PY) $(REPO)/scripts/ckpt_info.py --ckpt '$(CKPT)'
 
 train: $(VENV_STAMP) ## submit one training run (TASK PARAM SIZE SEED NODES [DEPEND])
-	$(NOT_BUILT)
+	$(TRAIN) submit $(TRAIN_RUN) --seed $(SEED) $(TRAIN_JOB) $(SUBMIT_FLAGS)
 
 train-seeds: $(VENV_STAMP) ## submit one training run per seed in SEEDS
-	$(NOT_BUILT)
+	$(TRAIN) seeds $(TRAIN_RUN) --seeds '$(SEEDS)' $(TRAIN_JOB) $(SUBMIT_FLAGS)
 
-chain: $(VENV_STAMP) ## submit train -> convert per seed, then soup, chained with afterok
-	$(NOT_BUILT)
+chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, chained with afterok
+	$(TRAIN) chain $(TRAIN_RUN) --seeds '$(SEEDS)' $(TRAIN_JOB) $(SUBMIT_FLAGS) --base-ckpt '$(BASE_CKPT)' \
+		$(if $(BASE_ITER),--base-iter $(BASE_ITER)) --cpu-queue '$(CPU_QUEUE)' \
+		--convert-walltime '$(CONVERT_WALLTIME)' --soup-walltime '$(SOUP_WALLTIME)' \
+		--convert-opt='--converter=$(CONVERTER)' --convert-opt='--hf-tokenizer-dir=$(HF_TOKENIZER_DIR)' \
+		--convert-opt='--vocab-size=$(VOCAB_SIZE)' --convert-opt='--dtype=$(CONVERT_DTYPE)' \
+		--soup-name '$(NAME)' --merge-dir '$(MERGE_DIR)' \
+		--soup-var 'VERIFY=$(SOUP_VERIFY)' --soup-var 'CUDA=$(CUDA)' --soup-var 'SHARD_SIZE=$(SOUP_SHARD_SIZE)'
 
-convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face format
-	$(NOT_BUILT)
+# convert: CONVERTER=megatron (the three Megatron-LM steps on GPUs; MEGATRON_PATH or ENV_DIR) or native
+# (scripts/convert_to_hf.py on a CPU node, CPU_QUEUE if set); ITER=N or latest (the default, read when the job
+# starts); HF_TOKENIZER_DIR = the Hugging Face tokenizer folder copied into the output (the Megatron saver needs
+# it; native takes VOCAB_SIZE instead); CONVERT_DTYPE bf16|fp32; DRY_RUN=1 prints the steps; FORCE=1 redoes.
+CONVERTER ?= megatron
+HF_TOKENIZER_DIR ?=
+VOCAB_SIZE ?=
+CONVERT_DTYPE ?= bf16
+convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face format (ITER, CONVERTER)
+	$(PY) $(REPO)/scripts/convert.py $(if $(filter 1,$(DRY_RUN)),plan,submit) $(TRAIN_RUN) --seed $(SEED) \
+		--launcher $(if $(filter torchrun,$(LAUNCHER)),torchrun,mpi) --iter '$(or $(ITER),latest)' \
+		--converter '$(CONVERTER)' --hf-tokenizer-dir '$(HF_TOKENIZER_DIR)' --vocab-size '$(VOCAB_SIZE)' \
+		--dtype '$(CONVERT_DTYPE)' --cpu-queue '$(CPU_QUEUE)' --walltime $(call walltime,$(CONVERT_WALLTIME)) \
+		--gpus-per-node '$(GPUS_PER_NODE)' --launcher-knob '$(LAUNCHER)' --master-port '$(MASTER_PORT)' \
+		$(if $(filter 1,$(FORCE)),--force) $(SUBMIT_FLAGS)
 
+# soup-config: SEEDS items are SEED, SIZE:SEED (runs of several sizes) or either with @ITER; ITER is the
+# iteration of every ingredient (default: the latest converted); NAME names MERGE_DIR/<NAME>.yaml and
+# EXP_DIR/soups/<NAME>/ (default TASK_PARAM_SIZES); SOUP_DTYPE is the merge dtype. soup: MERGE is the
+# config (default MERGE_DIR/NAME.yaml); VERIFY=sample (or SOUP_VERIFY=full|sample) checks a subset of
+# tensors; CUDA=1 merges on a GPU (use a GPU queue);
+# SOUP_SHARD_SIZE is parameters per output shard.
+SOUP_SPACE := $(subst ,, )
+soup_sizes = $(sort $(foreach s,$(SEEDS),$(if $(findstring :,$(s)),$(firstword $(subst :, ,$(s))),$(SIZE))))
+NAME ?= $(TASK)_$(PARAM)_$(subst $(SOUP_SPACE),+,$(soup_sizes))
+MERGE_DIR ?= $(REPO)/merge
+MERGE ?= $(MERGE_DIR)/$(NAME).yaml
+ITER ?=
+SOUP_VERIFY ?= $(if $(filter sample,$(VERIFY)),sample,full)
+CUDA ?= 0
+SOUP_DTYPE ?= bfloat16
+SOUP_SHARD_SIZE ?= 5B
+soup_job_args = --verify '$(SOUP_VERIFY)' --cuda '$(CUDA)' --shard-size '$(SOUP_SHARD_SIZE)'
 soup-config: $(VENV_STAMP) ## write merge/<NAME>.yaml averaging the seed runs
-	$(NOT_BUILT)
+	$(PY) $(REPO)/scripts/soup_config.py --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' \
+		--size '$(SIZE)' --seeds '$(SEEDS)' --iter '$(ITER)' --name '$(NAME)' --merge-dir '$(MERGE_DIR)' \
+		--dtype '$(SOUP_DTYPE)' $(if $(DEPEND),--allow-pending)
 
+# under PBS the config and ingredients are checked before qsub (only the config while DEPEND is pending)
 soup: $(VENV_STAMP) ## merge the runs of MERGE=merge/<name>.yaml with mergekit and verify
-	$(NOT_BUILT)
+	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config '$(abspath $(MERGE))' \
+		--exp-dir $(EXP_DIR) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
+	$(SUBMIT) --template pbs/soup.pbs --name 'soup-$(basename $(notdir $(MERGE)))' \
+		--walltime $(call walltime,04:00:00) --var 'MERGE=$(abspath $(MERGE))' --var 'VERIFY=$(SOUP_VERIFY)' \
+		--var 'CUDA=$(CUDA)' --var 'SHARD_SIZE=$(SOUP_SHARD_SIZE)'
 
+# report: RUN_DIR=<run folder(s)> given on the command line wins; else TASK PARAM SIZE with SEEDS when
+# SEEDS is given on the command line (one plot, a line per seed), else SEED. SEQ_LENGTH overrides the
+# logs' argument dump; REPORT_NAME names the EXP_DIR/reports/<name>/ folder of a several-run report.
+SEQ_LENGTH ?=
+REPORT_NAME ?=
+report_runs = $(if $(filter command line,$(origin RUN_DIR)),$(RUN_DIR))
+report_seeds = $(if $(filter command line,$(origin SEEDS)),$(SEEDS),$(SEED))
 report: $(VENV_STAMP) ## loss / throughput plots and a summary of a run's training logs
-	$(NOT_BUILT)
+	$(PY) $(REPO)/scripts/report.py --exp-dir $(EXP_DIR) \
+		$(if $(report_runs),--run-dir $(report_runs),--task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' --seeds $(report_seeds)) \
+		$(if $(SEQ_LENGTH),--seq-length '$(SEQ_LENGTH)') $(if $(REPORT_NAME),--name '$(REPORT_NAME)')

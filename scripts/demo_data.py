@@ -36,6 +36,12 @@ def main() -> None:
     sample = generate(output, seed=args.seed, docs=args.docs)
     write_json(sentinel, {**wanted, "files": len(sample.files), "documents": sample.documents,
                           "training_documents": sample.training_documents})
+    # the raw tree is complete, as after a download; a real `make download` does not trust this record
+    # (its sentinel check wants the hub repo and revision) and would fetch everything
+    size = sum((output / f.path).stat().st_size for f in sample.files)
+    write_json(state_dir(output.parent, output.name, "download") / "done.json",
+               {"source": "generated sample (scripts/demo_data.py), not downloaded", "files": len(sample.files),
+                "bytes": size, "revision": "sample"})
     print(f"sample: {len(sample.files)} files, {sample.documents} documents "
           f"({sample.training_documents} outside the gsm8k test split) under {output}")
 
