@@ -28,7 +28,7 @@ from pipeline.hub import human
 from pipeline.paths import extracted_dir, raw_dir, state_dir
 from pipeline.progress import progress
 from pipeline.provenance import provenance
-from pipeline.streams import extract_file
+from pipeline.streams import extract_file, init_worker_counter, report_to_counter
 
 MAX_ERRORS_SHOWN = 10
 
@@ -124,20 +124,6 @@ def is_cleaned(exp: Path, dataset: str) -> bool:
 # workers
 # ---------------------------------------------------------------------------------------------
 
-_COUNTER = None
-
-
-def _init_worker(counter) -> None:
-    global _COUNTER
-    _COUNTER = counter
-
-
-def _report(n: int) -> None:
-    if _COUNTER is not None:
-        with _COUNTER.get_lock():
-            _COUNTER.value += n
-
-
 def _remove_leftovers(path: Path) -> None:
     """Temporaries of this output left by a killed run (`.name.tmp.PID`)."""
     if path.parent.is_dir():
@@ -151,7 +137,7 @@ def extract_one(src: str, dst: str, text_column: str, keep_columns: list[str]) -
     compression, fmt = raw_kind(src)
     _remove_leftovers(dst_path)
     with atomic_output(dst_path, "wb") as out:
-        extract_file(src_path, out, compression, fmt, text_column, keep_columns, _report)
+        extract_file(src_path, out, compression, fmt, text_column, keep_columns, report_to_counter)
     stat = dst_path.stat()
     return stat.st_size, stat.st_mtime_ns
 
@@ -208,7 +194,7 @@ def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jo
     failures: list[str] = []
     results: dict[str, tuple[int, int]] = {}
     counter = multiprocessing.get_context("fork").Value("q", 0)
-    _init_worker(counter)
+    init_worker_counter(counter)
     args = {t.raw: (str(raw / t.raw), str(out_dir / t.out), dataset.parquet.text_column,
                     dataset.parquet.keep_columns) for t in todo}
 
@@ -238,7 +224,7 @@ def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jo
         else:
             with concurrent.futures.ProcessPoolExecutor(
                     max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
-                    initializer=_init_worker, initargs=(counter,)) as pool:
+                    initializer=init_worker_counter, initargs=(counter,)) as pool:
                 futures = {pool.submit(extract_one, *args[t.raw]): t for t in todo}
                 pending = set(futures)
                 while pending:

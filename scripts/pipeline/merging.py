@@ -24,7 +24,7 @@ from pipeline.hub import human
 from pipeline.paths import extracted_dir, merged_dir, state_dir
 from pipeline.progress import progress
 from pipeline.provenance import provenance
-from pipeline.streams import MergeStats, MergeWriter
+from pipeline.streams import MergeStats, MergeWriter, init_worker_counter, report_to_counter
 
 META_SUFFIX = ".meta.json"
 ON_BAD_LINE = ("fail", "skip")
@@ -107,20 +107,6 @@ def is_done(exp: Path, dataset: str, job: Job, opts: dict) -> dict | None:
     return meta
 
 
-_COUNTER = None
-
-
-def _init_worker(counter) -> None:
-    global _COUNTER
-    _COUNTER = counter
-
-
-def _report(n: int) -> None:
-    if _COUNTER is not None:
-        with _COUNTER.get_lock():
-            _COUNTER.value += n
-
-
 def merge_one(base: str, output: str, job: Job, opts: dict) -> dict:
     """Write one merged output and its meta record (worker side); returns the meta record."""
     out_path = Path(output)
@@ -128,7 +114,7 @@ def merge_one(base: str, output: str, job: Job, opts: dict) -> dict:
     writer = None
     with atomic_output(out_path, "wb") as handle:
         handle.flush()
-        writer = MergeWriter(handle.fileno(), opts["validate"], opts["on_bad_line"] or "fail", _report)
+        writer = MergeWriter(handle.fileno(), opts["validate"], opts["on_bad_line"] or "fail", report_to_counter)
         for item in job.inputs:
             writer.append(Path(base) / item["path"])
     stat = out_path.stat()
@@ -174,7 +160,7 @@ def run_merge(exp: Path, dataset: Dataset, jobs: int = 1, validate: bool = False
           f"({human(sum(j.size for j in todo))}) with {min(jobs, max(len(todo), 1))} worker(s) into {out_dir}"
           + (f" (VALIDATE=1, ON_BAD_LINE={on_bad_line})" if validate else ""))
     counter = multiprocessing.get_context("fork").Value("q", 0)
-    _init_worker(counter)
+    init_worker_counter(counter)
     failures: list[str] = []
     new: set[str] = set()
     with progress(total=sum(j.size for j in todo), desc="merge", unit="B", unit_scale=True,
@@ -203,7 +189,7 @@ def run_merge(exp: Path, dataset: Dataset, jobs: int = 1, validate: bool = False
             ordered = sorted(todo, key=lambda j: (-j.size, j.output))
             with concurrent.futures.ProcessPoolExecutor(
                     max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
-                    initializer=_init_worker, initargs=(counter,)) as pool:
+                    initializer=init_worker_counter, initargs=(counter,)) as pool:
                 futures = {pool.submit(merge_one, str(base), str(out_dir / j.output), j, opts): j for j in ordered}
                 pending = set(futures)
                 while pending:

@@ -54,59 +54,45 @@ def write_all(fd: int, data) -> None:
 # extract
 # ---------------------------------------------------------------------------------------------
 
-def decompress_zstd(src: Path, out: BinaryIO, report: Report = _no_report) -> int:
-    """Decompress every frame of a .zst file into `out`; returns the bytes written."""
-    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
-    obj, in_frame, written, read = dctx.decompressobj(write_size=WRITE_BLOCK), False, 0, 0
+def _decompress_stream(src: Path, out: BinaryIO, report: Report, new_decoder: Callable[[], object],
+                       error: type[Exception], kind: str, unit: str) -> int:
+    """Feed `src` block by block through decoders from `new_decoder` (one per frame or member, as
+    concatenated archives have several) into `out`; returns the bytes written."""
+    decoder, in_unit, written, read = new_decoder(), False, 0, 0
     with open(src, "rb", buffering=0) as handle:
         try:
             while chunk := handle.read(READ_BLOCK):
                 read += len(chunk)
                 report(len(chunk))
                 while chunk:
-                    in_frame = True
-                    data = obj.decompress(chunk)
+                    in_unit = True
+                    data = decoder.decompress(chunk)
                     if data:
                         out.write(data)
                         written += len(data)
-                    if obj.eof:
-                        chunk, obj, in_frame = obj.unused_data, dctx.decompressobj(write_size=WRITE_BLOCK), False
+                    if decoder.eof:
+                        chunk, decoder, in_unit = decoder.unused_data, new_decoder(), False
                     else:
                         chunk = b""
-        except zstandard.ZstdError as exc:
-            fail(f"{src}: corrupt zstd data: {exc}")
+        except error as exc:
+            fail(f"{src}: corrupt {kind} data: {exc}")
     if read == 0:
-        fail(f"{src}: empty file, not a zstd archive")
-    if in_frame:
-        fail(f"{src}: truncated zstd archive (the last frame is incomplete)")
+        fail(f"{src}: empty file, not a {kind} archive")
+    if in_unit:
+        fail(f"{src}: truncated {kind} archive (the last {unit} is incomplete)")
     return written
+
+
+def decompress_zstd(src: Path, out: BinaryIO, report: Report = _no_report) -> int:
+    """Decompress every frame of a .zst file into `out`; returns the bytes written."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+    return _decompress_stream(src, out, report, lambda: dctx.decompressobj(write_size=WRITE_BLOCK),
+                              zstandard.ZstdError, "zstd", "frame")
 
 
 def decompress_gzip(src: Path, out: BinaryIO, report: Report = _no_report) -> int:
     """Decompress every member of a .gz file into `out` (CRC checked); returns the bytes written."""
-    obj, in_member, written, read = zlib.decompressobj(31), False, 0, 0
-    with open(src, "rb", buffering=0) as handle:
-        try:
-            while chunk := handle.read(READ_BLOCK):
-                read += len(chunk)
-                report(len(chunk))
-                while chunk:
-                    in_member = True
-                    data = obj.decompress(chunk)
-                    if data:
-                        out.write(data)
-                        written += len(data)
-                    if obj.eof:
-                        chunk, obj, in_member = obj.unused_data, zlib.decompressobj(31), False
-                    else:
-                        chunk = b""
-        except zlib.error as exc:
-            fail(f"{src}: corrupt gzip data: {exc}")
-    if read == 0:
-        fail(f"{src}: empty file, not a gzip archive")
-    if in_member:
-        fail(f"{src}: truncated gzip archive (the last member is incomplete)")
-    return written
+    return _decompress_stream(src, out, report, lambda: zlib.decompressobj(31), zlib.error, "gzip", "member")
 
 
 def copy_plain(src: Path, out: BinaryIO, report: Report = _no_report) -> int:
@@ -399,3 +385,23 @@ class MergeWriter:
                 stats.bytes += 1
                 stats.missing_final_newlines = 1
             return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# progress across worker processes: each pool worker adds its bytes to one shared counter
+# ---------------------------------------------------------------------------------------------
+
+_COUNTER = None
+
+
+def init_worker_counter(counter) -> None:
+    """Pool initializer: remember the shared counter (a multiprocessing.Value) in this worker."""
+    global _COUNTER
+    _COUNTER = counter
+
+
+def report_to_counter(n: int) -> None:
+    """A `Report` for workers: adds to the shared counter the parent polls for its progress bar."""
+    if _COUNTER is not None:
+        with _COUNTER.get_lock():
+            _COUNTER.value += n
