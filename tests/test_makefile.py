@@ -107,3 +107,15 @@ def test_not_built_targets_fail_loudly(make):
             continue
         result = make("-n", target, check=False)
         assert result.returncode == 0 or "not built yet" in result.stderr
+
+
+JOB_TARGETS = "download extract merge clean-intermediate tokenize env train train-seeds chain convert soup".split()
+
+
+@pytest.mark.parametrize("target", JOB_TARGETS)
+def test_make_n_of_a_job_target_submits_nothing(make, fake_pbs, target):
+    # every knob a target could want, so make -n prints the whole recipe; nothing may reach qsub
+    result = make("-n", target, "SCHEDULER=pbs", "PBS_GROUP=g", "PBS_QUEUE=q", "ENV_DIR=/nonexistent/env",
+                  "TOKENIZER_MODEL=/nonexistent/tok.model", "BASE_CKPT=/nonexistent/ckpt", check=False)
+    assert result.returncode == 0, result.stderr
+    assert fake_pbs.submissions() == []
