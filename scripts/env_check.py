@@ -13,7 +13,6 @@ reads params/environment.yaml without PyYAML if need be), so it also runs on a b
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from pipeline.env_checks import FAIL, OK, SKIP, WARN, Target, failures, format_table, judge, run_probe

@@ -81,7 +81,7 @@ def test_preflight_lists_every_problem_and_submits_nothing(make, fake_pbs, setup
                                         MEGATRON_PATH=str(setup.tmp)), *PBS, "NODES=3", check=False)
     err = result.stderr
     assert result.returncode != 0 and "preflight for" in err and fake_pbs.submissions() == []
-    assert f"1 of 3 data prefixes are not tokenized" in err and f"{first} (.bin missing)" in err
+    assert "1 of 3 data prefixes are not tokenized" in err and f"{first} (.bin missing)" in err
     assert "wiki-all_text_document.idx: not a Megatron index" in err
     assert "none.model: not found" in err and "no pretrain_gpt.py there" in err
     assert "not initialised; run make init" in err

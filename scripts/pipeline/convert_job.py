@@ -227,7 +227,7 @@ def plan_text(req: ConvertRequest, iteration: int | None, *, world_size: int | N
             args = [f"<cannot resolve the run's arguments: {exc}>"]
         lines += [
             f"temporary folder: {tmp} (removed by a trap when the job ends)",
-            f"environment: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (PyTorch >= 2.6 torch.load default undone for Megatron)"
+            "environment: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (PyTorch >= 2.6 torch.load default undone for Megatron)"
             + (f"; source {req.env_dir}/activate.sh" if req.env_dir else ""),
             "",
             f"step 0: {tmp}/torch_dist/ = {TRACKER} ({iteration if iteration is not None else '<latest>'}) + "

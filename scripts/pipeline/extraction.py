@@ -13,9 +13,7 @@ A file is redone when its record is missing or its source or output changed (siz
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -23,12 +21,11 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_output, write_json
 from pipeline.datasets import Dataset, check_extracted_names, raw_kind, scan_tree
-from pipeline.errors import PipelineError, fail
+from pipeline.errors import fail
 from pipeline.hub import human
 from pipeline.paths import extracted_dir, raw_dir, state_dir
-from pipeline.progress import progress
 from pipeline.provenance import provenance
-from pipeline.streams import extract_file, init_worker_counter, report_to_counter
+from pipeline.streams import extract_file, report_to_counter, run_with_progress
 
 MAX_ERRORS_SHOWN = 10
 
@@ -193,8 +190,6 @@ def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jo
                                         if cleaned else ""))
     failures: list[str] = []
     results: dict[str, tuple[int, int]] = {}
-    counter = multiprocessing.get_context("fork").Value("q", 0)
-    init_worker_counter(counter)
     args = {t.raw: (str(raw / t.raw), str(out_dir / t.out), dataset.parquet.text_column,
                     dataset.parquet.keep_columns) for t in todo}
 
@@ -204,39 +199,9 @@ def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jo
                    {"source": task.raw, "source_size": task.size, "source_mtime_ns": task.mtime_ns,
                     "output": task.out, "bytes": result[0], "mtime_ns": result[1]})
 
-    with progress(total=sum(t.size for t in todo), desc="extract", unit="B", unit_scale=True,
-                  enabled=show_progress) as bar:
-        shown = 0
-
-        def tick() -> None:
-            nonlocal shown
-            value = counter.value
-            bar.update(value - shown)
-            shown = value
-
-        if jobs <= 1 or len(todo) <= 1:
-            for task in todo:
-                try:
-                    done_one(task, extract_one(*args[task.raw]))
-                except PipelineError as exc:
-                    failures.append(str(exc))
-                tick()
-        else:
-            with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
-                    initializer=init_worker_counter, initargs=(counter,)) as pool:
-                futures = {pool.submit(extract_one, *args[t.raw]): t for t in todo}
-                pending = set(futures)
-                while pending:
-                    finished, pending = concurrent.futures.wait(pending, timeout=0.5,
-                                                                return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in finished:
-                        try:
-                            done_one(futures[future], future.result())
-                        except PipelineError as exc:
-                            failures.append(str(exc))
-                    tick()
-        tick()
+    run_with_progress(todo, extract_one, lambda t: args[t.raw], jobs, desc="extract",
+                      total=sum(t.size for t in todo), show_progress=show_progress, on_result=done_one,
+                      on_error=lambda task, exc: failures.append(str(exc)))
     elapsed = time.monotonic() - started
     summary = _summary(exp, dataset, mine, todo, results, elapsed)
     if failures:

@@ -10,8 +10,6 @@ the merged folder, bytes, documents, mtime_ns): the tokenize step reads that lis
 """
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +17,11 @@ from pathlib import Path
 from pipeline import extraction
 from pipeline.atomic import atomic_output, write_json
 from pipeline.datasets import Dataset, group_files
-from pipeline.errors import PipelineError, fail
+from pipeline.errors import fail
 from pipeline.hub import human
 from pipeline.paths import extracted_dir, merged_dir, state_dir
-from pipeline.progress import progress
 from pipeline.provenance import provenance
-from pipeline.streams import MergeStats, MergeWriter, init_worker_counter, report_to_counter
+from pipeline.streams import MergeStats, MergeWriter, report_to_counter, run_with_progress
 
 META_SUFFIX = ".meta.json"
 ON_BAD_LINE = ("fail", "skip")
@@ -159,46 +156,18 @@ def run_merge(exp: Path, dataset: Dataset, jobs: int = 1, validate: bool = False
     print(f"merge: {len(work)} outputs, {len(work) - len(todo)} up to date, {len(todo)} to write "
           f"({human(sum(j.size for j in todo))}) with {min(jobs, max(len(todo), 1))} worker(s) into {out_dir}"
           + (f" (VALIDATE=1, ON_BAD_LINE={on_bad_line})" if validate else ""))
-    counter = multiprocessing.get_context("fork").Value("q", 0)
-    init_worker_counter(counter)
     failures: list[str] = []
     new: set[str] = set()
-    with progress(total=sum(j.size for j in todo), desc="merge", unit="B", unit_scale=True,
-                  enabled=show_progress) as bar:
-        shown = 0
 
-        def tick() -> None:
-            nonlocal shown
-            value = counter.value
-            bar.update(value - shown)
-            shown = value
+    def done_one(job: Job, meta: dict) -> None:
+        metas[job.output] = meta
+        new.add(job.output)
 
-        def collect(job: Job, call) -> None:
-            try:
-                metas[job.output] = call()
-                new.add(job.output)
-            except PipelineError as exc:
-                failures.append(str(exc))
-
-        if jobs <= 1 or len(todo) <= 1:
-            for job in todo:
-                collect(job, lambda job=job: merge_one(str(base), str(out_dir / job.output), job, opts))
-                tick()
-        else:
-            # biggest first, so that a large group does not start last
-            ordered = sorted(todo, key=lambda j: (-j.size, j.output))
-            with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
-                    initializer=init_worker_counter, initargs=(counter,)) as pool:
-                futures = {pool.submit(merge_one, str(base), str(out_dir / j.output), j, opts): j for j in ordered}
-                pending = set(futures)
-                while pending:
-                    finished, pending = concurrent.futures.wait(pending, timeout=0.5,
-                                                                return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in finished:
-                        collect(futures[future], future.result)
-                    tick()
-        tick()
+    # biggest first, so that a large group does not start last
+    ordered = sorted(todo, key=lambda j: (-j.size, j.output))
+    run_with_progress(ordered, merge_one, lambda j: (str(base), str(out_dir / j.output), j, opts), jobs,
+                      desc="merge", total=sum(j.size for j in todo), show_progress=show_progress,
+                      on_result=done_one, on_error=lambda job, exc: failures.append(str(exc)))
     elapsed = time.monotonic() - started
     _print_summary(work, metas, new, elapsed)
     if failures:

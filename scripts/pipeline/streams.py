@@ -27,6 +27,7 @@ import numpy as np
 import zstandard
 
 from pipeline.errors import PipelineError, fail
+from pipeline.progress import progress
 
 READ_BLOCK = 1 << 17          # compressed bytes per read (fits the CPU cache; see bench_data.py)
 WRITE_BLOCK = 1 << 20         # zstd: decompressed bytes produced per output buffer
@@ -405,3 +406,52 @@ def report_to_counter(n: int) -> None:
     if _COUNTER is not None:
         with _COUNTER.get_lock():
             _COUNTER.value += n
+
+
+def run_with_progress(items: list, work: Callable, args_of: Callable, jobs: int, *, desc: str, total: int,
+                      show_progress: bool, on_result: Callable, on_error: Callable) -> None:
+    """`work(*args_of(item))` for every item: here when jobs <= 1, else in a pool of forked workers.
+
+    The workers report bytes through `report_to_counter`; the bar follows that counter. Results come
+    back through `on_result(item, result)`, a PipelineError through `on_error(item, exc)`, so one bad
+    file does not stop the others.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    counter = context.Value("q", 0)
+    init_worker_counter(counter)
+
+    def collect(item, call: Callable) -> None:
+        try:
+            on_result(item, call())
+        except PipelineError as exc:
+            on_error(item, exc)
+
+    with progress(total=total, desc=desc, unit="B", unit_scale=True, enabled=show_progress) as bar:
+        shown = 0
+
+        def tick() -> None:
+            nonlocal shown
+            value = counter.value
+            bar.update(value - shown)
+            shown = value
+
+        if jobs <= 1 or len(items) <= 1:
+            for item in items:
+                collect(item, lambda item=item: work(*args_of(item)))
+                tick()
+        else:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=context,
+                                                        initializer=init_worker_counter,
+                                                        initargs=(counter,)) as pool:
+                futures = {pool.submit(work, *args_of(item)): item for item in items}
+                pending = set(futures)
+                while pending:
+                    finished, pending = concurrent.futures.wait(pending, timeout=0.5,
+                                                                return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        collect(futures[future], future.result)
+                    tick()
+        tick()
