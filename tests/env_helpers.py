@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 
+from conftest import write_executable
 from pipeline.environment import Layout, load_environment, render_activate
 
 EXT_SUFFIX = ".cpython-310-x86_64-linux-gnu.so"
@@ -75,13 +75,6 @@ for path in request.get("tokenizers", []):
         emit("tokenizer_load", path=path, ok=False, error="missing")
 emit("done")
 '''
-
-
-def write_executable(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
 
 
 def healthy_findings(env: Path) -> dict:

@@ -7,10 +7,10 @@ import socket
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, write_executable
 from pipeline.megatron_ckpt import TRACKER
 from pipeline.midtrain import init_run
-from train_helpers import (data_list, executable, fake_env_dir, fake_megatron, fake_mpirun, pretrained_checkpoint,
+from train_helpers import (data_list, fake_env_dir, fake_megatron, fake_mpirun, pretrained_checkpoint,
                            read_json, write_tokenized)
 
 V4 = "7.7b_v4_3.5t_tokenizer_v3.1"
@@ -160,7 +160,7 @@ def launch(setup, tmp_path, monkeypatch):
     """A fake mpirun and python on PATH, and an ENV_DIR whose activate.sh sets MEGATRON_PATH."""
     bin_dir = tmp_path / "bin"
     fake_mpirun(bin_dir)
-    executable(bin_dir / "python", (bin_dir / "mpirun").read_text())
+    write_executable(bin_dir / "python", (bin_dir / "mpirun").read_text())
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     record = tmp_path / "launch.json"
     monkeypatch.setenv("FAKE_MPIRUN_RECORD", str(record))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import stat
 import textwrap
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from megatron_fixture import write_torch_dist
 from pipeline.datalist import Entry, read_list, write_list
 from pipeline.indexed import IndexedDatasetWriter
+from conftest import write_executable
 
 PRETRAIN_ITER = 30
 CONSUMED = 240
@@ -99,16 +99,9 @@ def fake_megatron(folder: Path) -> Path:
     return folder
 
 
-def executable(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 def fake_mpirun(bin_dir: Path) -> Path:
     """An `mpirun` that records its argv and environment to $FAKE_MPIRUN_RECORD and prints a line."""
-    return executable(bin_dir / "mpirun", textwrap.dedent("""\
+    return write_executable(bin_dir / "mpirun", textwrap.dedent("""\
         #!/usr/bin/env python3
         import json, os, sys
         keys = ("MASTER_ADDR", "MASTER_PORT", "CUDA_DEVICE_MAX_CONNECTIONS", "NVTE_FUSED_ATTN",

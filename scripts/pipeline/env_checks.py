@@ -185,11 +185,7 @@ def judge(target: Target, spec: EnvironmentSpec, findings: dict, note: str) -> l
     # the compiled stack
     te = findings.get("transformer_engine")
     want_te = spec.transformer_engine_version
-    if te is None:
-        rows.append(Row("transformer_engine", FAIL, f"not checked: {note or 'no answer'}", want_te))
-    elif not te.get("ok"):
-        rows.append(Row("transformer_engine", FAIL, f"not importable: {te.get('error')}", want_te))
-    else:
+    if _imported("transformer_engine", te, want_te, note, rows):
         version = te.get("version")
         if version_tuple(version)[:2] >= TE_BROKEN_FROM:
             rows.append(Row("transformer_engine", FAIL, f"{version}: >= 1.10 failed with torch 2.6 + Megatron-LM v4",
@@ -200,11 +196,7 @@ def judge(target: Target, spec: EnvironmentSpec, findings: dict, note: str) -> l
 
     apex = findings.get("apex")
     want_apex = f"commit {spec.apex_commit[:12]}, cuda_ext"
-    if apex is None:
-        rows.append(Row("apex", FAIL, f"not checked: {note or 'no answer'}", want_apex))
-    elif not apex.get("ok"):
-        rows.append(Row("apex", FAIL, f"not importable: {apex.get('error')}", want_apex))
-    else:
+    if _imported("apex", apex, want_apex, note, rows):
         exts = apex.get("cuda_ext") or {}
         missing = [name for name, present in exts.items() if not present]
         found = "imported" + (f", without {', '.join(missing)} (built without --cuda_ext?)" if missing
@@ -213,11 +205,7 @@ def judge(target: Target, spec: EnvironmentSpec, findings: dict, note: str) -> l
 
     flash = findings.get("flash_attn")
     want_flash = spec.flash_attn_version
-    if flash is None:
-        rows.append(Row("flash_attn", FAIL, f"not checked: {note or 'no answer'}", want_flash))
-    elif not flash.get("ok"):
-        rows.append(Row("flash_attn", FAIL, f"not importable: {flash.get('error')}", want_flash))
-    else:
+    if _imported("flash_attn", flash, want_flash, note, rows):
         same = version_tuple(flash.get("version")) == version_tuple(want_flash)
         rows.append(Row("flash_attn", OK if same else WARN, str(flash.get("version")), want_flash))
 
@@ -306,3 +294,14 @@ def format_table(rows: list[Row]) -> str:
 
 def failures(rows: list[Row]) -> list[Row]:
     return [row for row in rows if row.status == FAIL]
+
+
+def _imported(name: str, finding: dict | None, want: str, note: str, rows: list) -> bool:
+    """True when the probe imported `name`; otherwise adds its FAIL row (not checked / not importable)."""
+    if finding is None:
+        rows.append(Row(name, FAIL, f"not checked: {note or 'no answer'}", want))
+        return False
+    if not finding.get("ok"):
+        rows.append(Row(name, FAIL, f"not importable: {finding.get('error')}", want))
+        return False
+    return True
