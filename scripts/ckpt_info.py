@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import fail, run_main
-from pipeline.megatron_ckpt import (TRACKER, Checkpoint, available_iterations, common_state_summary,
-                                    load_common_state, read_tracker, resolve_checkpoint, stand_in_pickle)
+from pipeline.megatron_ckpt import (TRACKER, Checkpoint, available_iterations, check_complete, common_state_layout,
+                                    common_state_summary, load_common_state, read_tracker, resolve_checkpoint,
+                                    stand_in_pickle)
 from pipeline.midtrain import INIT_RECORD
 
 ARG_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
@@ -70,6 +71,7 @@ def load_torch_format_state(ckpt: Checkpoint) -> dict:
 
 def describe(path: str | os.PathLike, iteration: int | None = None) -> dict:
     ckpt = resolve_checkpoint(path, iteration)
+    check_complete(ckpt)
     state = load_common_state(ckpt.iter_dir) if ckpt.format == "torch_dist" else load_torch_format_state(ckpt)
     summary = common_state_summary(state)
     args = state.get("args")
@@ -79,6 +81,7 @@ def describe(path: str | os.PathLike, iteration: int | None = None) -> dict:
     info: dict[str, Any] = {
         "path": str(ckpt.iter_dir),
         "format": ckpt.format,
+        "common_state_layout": common_state_layout(ckpt.iter_dir) if ckpt.format == "torch_dist" else None,
         "folder_iteration": ckpt.iteration,
         "tracker": read_tracker(ckpt.root) if ckpt.root is not None and (ckpt.root / TRACKER).is_file() else None,
         "iterations_present": available_iterations(ckpt.root) if ckpt.root is not None else [],
@@ -115,7 +118,8 @@ def render(info: dict) -> str:
 
     lines = [f"checkpoint   {info['path']}",
              f"format       {info['format']}, {info['files']} files, {human_bytes(info['size_bytes'])}"
-             + (f" ({info['symlinked_files']} symlinked)" if info["symlinked_files"] else "")]
+             + (f" ({info['symlinked_files']} symlinked)" if info["symlinked_files"] else "")
+             + (f"; common state: {info['common_state_layout']}" if info.get("common_state_layout") else "")]
     present = info["iterations_present"]
     shown = ", ".join(map(str, present[-5:])) + (f" ({len(present)} in all)" if len(present) > 5 else "")
     lines.append(f"tracker      {fmt(info['tracker'])}" + (f"; iteration folders: {shown}" if present else ""))

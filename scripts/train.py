@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError, fail, run_main
 from pipeline.megatron_args import RunSpec, Resolved, resolve
-from pipeline.megatron_ckpt import TRACKER, read_tracker
+from pipeline.megatron_ckpt import TRACKER, completeness_problems, read_tracker
 from pipeline.midtrain import RunLayout, resolve_base
 from pipeline.params import load_train_params, param_name
 from pipeline.paths import PBS_DIR, REPO_DIR, jobs_file, run_dir
@@ -99,7 +99,7 @@ def init_problems(layout: RunLayout, spec: RunSpec) -> list[str]:
     if dangling:
         return [f"{iter_dir}: {len(dangling)} shard links point nowhere (was the source checkpoint moved?): "
                 f"{', '.join(dangling[:3])}; re-run make init FORCE=1 BASE_CKPT=<its new place>"]
-    return []
+    return [f"incomplete start checkpoint: {p}" for p in completeness_problems(iter_dir)]
 
 
 def qstat_state(job_id: str) -> str | None:

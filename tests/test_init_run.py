@@ -139,8 +139,11 @@ def test_newer_layout_with_common_state_in_the_shards(tmp_path_factory, tmp_path
     assert not (source / "iter_0000030" / "common.pt").exists()
     status, record = init_run(run_of(tmp_path), source)
     start_iter = run_of(tmp_path) / "start" / "iter_0000030"
-    assert status == "initialised" and (start_iter / "common.pt").is_file()
-    assert load_common_state(start_iter)["iteration"] == 0        # the written common.pt wins
+    # the same layout as the source: a rewritten common-state entry, no legacy common.pt
+    assert status == "initialised" and not (start_iter / "common.pt").exists()
+    assert record["common_state_layout"] == "in-shard" and (start_iter / "common_state.distcp").is_file()
+    assert not (start_iter / ".metadata").is_symlink()
+    assert load_common_state(start_iter)["iteration"] == 0
     assert load_common_state(source / "iter_0000030")["iteration"] == PRETRAIN_ITER
 
 

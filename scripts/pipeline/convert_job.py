@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import fail
-from pipeline.megatron_ckpt import TRACKER, iteration_dir_name, read_tracker
+from pipeline.megatron_ckpt import TRACKER, completeness_problems, iteration_dir_name, read_tracker
 
 CONVERTERS = ("megatron", "native")
 DTYPES = ("bf16", "fp32")             # pipeline.hf_convert.DTYPES (not imported here: it imports torch)
@@ -195,6 +195,7 @@ def check_inputs(req: ConvertRequest, *, pending: bool = False) -> tuple[int | N
     if not pending:
         try:
             iteration = resolve_iteration(req.checkpoints, req.iteration)
+            problems += completeness_problems(req.checkpoints / iteration_dir_name(iteration))
         except Exception as exc:  # PipelineError: listed with the rest
             problems.append(str(exc))
     elif req.iteration != "latest":

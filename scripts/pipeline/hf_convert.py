@@ -52,7 +52,8 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from pipeline.atomic import write_json
 from pipeline.errors import PipelineError, fail
-from pipeline.megatron_ckpt import Checkpoint, load_common_state, resolve_checkpoint
+from pipeline.megatron_ckpt import (COMMON_PT, LAYOUT_LEGACY, Checkpoint, check_complete, common_state_layout,
+                                    load_common_state, resolve_checkpoint)
 from pipeline.progress import progress
 from pipeline.provenance import provenance
 
@@ -576,8 +577,9 @@ class ConversionResult:
 
 
 def _common_state_source(ckpt: Checkpoint) -> str:
-    common = ckpt.iter_dir / "common.pt"
-    return str(common) if common.is_file() else f"{ckpt.iter_dir} (common_state in the shards)"
+    if common_state_layout(ckpt.iter_dir) == LAYOUT_LEGACY:
+        return str(ckpt.iter_dir / COMMON_PT)
+    return f"{ckpt.iter_dir} (common_state in the shards)"
 
 
 def describe(spec: LlamaSpec, vocab_size: int) -> str:
@@ -622,6 +624,7 @@ def convert_checkpoint(load: str | os.PathLike, output: str | os.PathLike, *, it
     if ckpt.format != "torch_dist":
         fail(f"{ckpt.iter_dir}: a '{ckpt.format}' checkpoint; the native converter reads torch_dist checkpoints "
              f"(the Megatron converter, CONVERTER=megatron, handles the others)")
+    check_complete(ckpt)
     state = load_common_state(ckpt.iter_dir)
     where = _common_state_source(ckpt)
     spec = spec_from_args(state.get("args"), where)

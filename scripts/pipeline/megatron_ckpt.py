@@ -4,8 +4,9 @@ A checkpoints folder holds `latest_checkpointed_iteration.txt` (the tracker: an 
 `release`) and `iter_NNNNNNN/` folders. In the `torch_dist` format an iteration folder has
 `.metadata`, `metadata.json`, `__R_N.distcp` shards and, in Megatron core <= ~0.16, `common.pt`
 (the common state: args, iteration, scheduler, ...); newer Megatron keeps the common state inside
-the shards as a pickled byte object `common_state` instead, and still prefers a `common.pt` when
-one is present. In the `torch` format it has `mp_rank_TT[_PPP]/model_optim_rng.pt`.
+the shards as a byte entry `common_state/shard_0_1` instead, and still prefers a `common.pt` when
+one is present. Both layouts are read and rewritten here (`rewrite_common_state` keeps the source's).
+In the `torch` format an iteration folder has `mp_rank_TT[_PPP]/model_optim_rng.pt`.
 
 The pickles reference Megatron classes (enums, config objects). `StandInUnpickler` turns every
 class it cannot import into a stand-in that remembers its module, name and state, and
@@ -238,79 +239,209 @@ def _unpickle_bytes(raw: bytes) -> Any:
         return StandInUnpickler(io.BytesIO(raw)).load()  # a plain pickle stored as raw bytes
 
 
-def _read_dcp_common_state(iter_dir: Path) -> dict | None:
-    """The common state stored inside the shards of a newer torch_dist checkpoint, if any.
+# --- the two layouts of the common state ----------------------------------------------------------
+# legacy:   iter_dir/common.pt, a torch.save of the dict (Megatron core <= ~0.16; still preferred when present)
+# in-shard: a byte entry `common_state/shard_0_1` (a ShardedObject key: <name>/shard_<offset>_<count>) of the
+#           DCP checkpoint, whose bytes are torch.save(BytesIO(torch.save([state]))): Megatron serialises the
+#           object's data, DCP serialises that buffer again (upstream Megatron, core 0.20)
+LAYOUT_LEGACY = "common.pt"
+LAYOUT_IN_SHARD = "in-shard"
+IN_SHARD_NAME = "common_state"
+IN_SHARD_FILE = "common_state.distcp"   # where `make init` writes its rewritten entry (shards stay symlinked)
+DCP_METADATA = ".metadata"
 
-    It is either one byte object `common_state` or, when DCP flattened the dict, one byte object per
-    entry (`common_state.args`, `common_state.iteration`, ...); both are reassembled here.
-    """
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint import load as dcp_load
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+def read_dcp_metadata(iter_dir: Path) -> Any:
+    """The DCP `.metadata` (torch's Metadata object) of a torch_dist iteration folder."""
+    path = iter_dir / DCP_METADATA
+    try:
+        with open(path, "rb") as handle:
+            return pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        fail(f"{path}: cannot read the checkpoint's metadata: {exc}")
+
+
+def _in_shard_key(metadata: Any) -> Any:
+    """The MetadataIndex of the common-state byte entry, or None (a legacy or tensor-only checkpoint)."""
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
-
-    reader = FileSystemReader(str(iter_dir))
-    metadata = reader.read_metadata()
-    paths = metadata.planner_data or {}
-    keys = [k for k, v in metadata.state_dict_metadata.items()
-            if isinstance(v, BytesStorageMetadata) and tuple(paths.get(k, k.split(".")))[0] == "common_state"]
-    if not keys:
+    names = [k for k, v in metadata.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)
+             and (k == IN_SHARD_NAME or k.startswith(IN_SHARD_NAME + "/"))]
+    if not names:
         return None
-    captured: dict[str, bytes] = {}
+    if len(names) > 1:
+        fail(f"several common-state entries in one checkpoint: {', '.join(sorted(names))}")
+    index = [i for i in metadata.storage_data if i.fqn == names[0]]
+    if len(index) != 1:
+        fail(f"common-state entry {names[0]}: stored {len(index)} times in the checkpoint's metadata")
+    return index[0]
 
-    class RawBytesPlanner(DefaultLoadPlanner):
-        def load_bytes(self, read_item, value: io.BytesIO) -> None:  # keep the bytes; unpickle with stand-ins
-            captured[read_item.dest_index.fqn] = value.getvalue()
 
-    dcp_load({k: io.BytesIO() for k in keys}, storage_reader=reader,
-             planner=RawBytesPlanner(flatten_state_dict=False), no_dist=True)
-    state: dict = {}
-    for key in keys:
-        path = tuple(paths.get(key, key.split(".")))
-        value = _unpickle_bytes(captured[key])
-        if isinstance(value, io.BytesIO):  # saved as a BytesIO of an already serialized object
-            value = _unpickle_bytes(value.getvalue())
-        if len(path) == 1:
-            if not isinstance(value, dict):
-                fail(f"{iter_dir}: common_state object is a {type(value).__name__}, expected a dict")
-            state.update(value)
-            continue
-        node = state
-        for part in path[1:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return state
+def _read_entry(iter_dir: Path, storage: Any) -> bytes:
+    if getattr(storage, "transform_descriptors", None):
+        fail(f"{iter_dir / storage.relative_path}: the common state is stored with transforms "
+             f"{storage.transform_descriptors} (compressed?), which this reader does not undo")
+    path = iter_dir / storage.relative_path
+    with open(path, "rb") as handle:
+        handle.seek(storage.offset)
+        raw = handle.read(storage.length)
+    if len(raw) != storage.length:
+        fail(f"{path}: truncated: the common state needs bytes {storage.offset}..{storage.offset + storage.length}")
+    return raw
+
+
+@dataclass
+class InShardState:
+    """The common state as found inside the shards, with what is needed to write it back the same way."""
+    state: dict
+    container: Any          # what the innermost torch.save held: [state] (or state itself)
+    wrappers: int           # how many BytesIO layers surround it
+
+
+def _unwrap(raw: bytes, where: Path) -> InShardState:
+    value, wrappers = _unpickle_bytes(raw), 0
+    while isinstance(value, io.BytesIO):
+        value, wrappers = _unpickle_bytes(value.getvalue()), wrappers + 1
+    container = value
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, dict):
+        fail(f"{where}: the common_state entry holds a {type(value).__name__}, expected a dict")
+    return InShardState(value, container, wrappers)
+
+
+def read_in_shard_state(iter_dir: Path) -> InShardState | None:
+    metadata = read_dcp_metadata(iter_dir)
+    key = _in_shard_key(metadata)
+    if key is None:
+        return None
+    return _unwrap(_read_entry(iter_dir, metadata.storage_data[key]), iter_dir)
+
+
+def common_state_layout(iter_dir: str | os.PathLike) -> str:
+    """legacy (common.pt) or in-shard; the legacy file wins when both exist, as in Megatron."""
+    iter_dir = Path(iter_dir)
+    if (iter_dir / COMMON_PT).is_file():
+        return LAYOUT_LEGACY
+    if (iter_dir / DCP_METADATA).is_file() and _in_shard_key(read_dcp_metadata(iter_dir)) is not None:
+        return LAYOUT_IN_SHARD
+    fail(f"{iter_dir}: no {COMMON_PT} and no {IN_SHARD_NAME} entry in its {DCP_METADATA}: not a Megatron "
+         f"torch_dist checkpoint, or an incomplete one")
 
 
 def load_common_state(iter_dir: str | os.PathLike) -> dict:
     """The common state (args, iteration, opt_param_scheduler, ...) from common.pt or the shards."""
     iter_dir = Path(iter_dir)
-    common = iter_dir / COMMON_PT
+    layout = common_state_layout(iter_dir)
+    where = iter_dir / COMMON_PT if layout == LAYOUT_LEGACY else iter_dir
     try:
-        if common.is_file():
-            state = torch_load(common)
-        else:
-            state = _read_dcp_common_state(iter_dir) if (iter_dir / ".metadata").is_file() else None
-            if state is None:
-                fail(f"{iter_dir}: no {COMMON_PT} and no common_state object in the shards")
+        state = torch_load(where) if layout == LAYOUT_LEGACY else read_in_shard_state(iter_dir).state
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError) as exc:
-        fail(f"{common if common.is_file() else iter_dir}: cannot read the common state: {exc}")
+        fail(f"{where}: cannot read the common state: {exc}")
     if not isinstance(state, dict):
-        fail(f"{iter_dir}: common state is a {type(state).__name__}, expected a dict")
+        fail(f"{where}: common state is a {type(state).__name__}, expected a dict")
     return state
+
+
+def _torch_save_bytes(obj: Any, *, stand_ins: bool) -> bytes:
+    import torch
+    buffer = io.BytesIO()
+    if stand_ins:
+        torch.save(obj, buffer, pickle_module=stand_in_pickle)
+    else:
+        torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def save_common_state(state: dict, path: str | os.PathLike) -> None:
     """Write `state` as a legacy common.pt that real Megatron loads (stand-ins as their classes)."""
-    import torch
-
     from pipeline.atomic import atomic_output
     with atomic_output(path, "wb") as handle:
-        torch.save(state, handle, pickle_module=stand_in_pickle)
+        handle.write(_torch_save_bytes(state, stand_ins=True))
+
+
+def write_in_shard_state(source_dir: Path, target_dir: Path, found: InShardState, state: dict) -> list[str]:
+    """Give `target_dir` (holding links to `source_dir`'s files) the common state `state` in the in-shard
+    layout: a new entry file IN_SHARD_FILE and a `.metadata` that points the entry there; every tensor
+    entry still points at the source's shard files. Returns the names written."""
+    import copy
+    import dataclasses
+
+    from pipeline.atomic import atomic_output
+    container = [state] if isinstance(found.container, list) else state
+    raw = _torch_save_bytes(container, stand_ins=True)
+    for _ in range(found.wrappers):
+        raw = _torch_save_bytes(io.BytesIO(raw), stand_ins=False)
+    metadata = copy.copy(read_dcp_metadata(source_dir))
+    key = _in_shard_key(metadata)
+    if key is None:
+        fail(f"{source_dir}: no {IN_SHARD_NAME} entry to rewrite")
+    metadata.storage_data = dict(metadata.storage_data)
+    metadata.storage_data[key] = dataclasses.replace(metadata.storage_data[key], relative_path=IN_SHARD_FILE,
+                                                     offset=0, length=len(raw))
+    if getattr(metadata, "storage_meta", None) is not None:
+        metadata.storage_meta = dataclasses.replace(metadata.storage_meta, checkpoint_id=str(target_dir))
+    with atomic_output(target_dir / IN_SHARD_FILE, "wb") as handle:
+        handle.write(raw)
+    link = target_dir / DCP_METADATA
+    if link.is_symlink():
+        link.unlink()
+    with atomic_output(link, "wb") as handle:
+        pickle.dump(metadata, handle)
+    return [IN_SHARD_FILE, DCP_METADATA]
+
+
+def rewrite_common_state(source_dir: str | os.PathLike, target_dir: str | os.PathLike, state: dict) -> tuple[str, list[str]]:
+    """Write `state` into `target_dir` in the layout `source_dir` uses; returns (layout, files written)."""
+    source_dir, target_dir = Path(source_dir), Path(target_dir)
+    layout = common_state_layout(source_dir)
+    if layout == LAYOUT_LEGACY:
+        target = target_dir / COMMON_PT
+        if target.is_symlink():
+            target.unlink()
+        save_common_state(state, target)
+        return layout, [COMMON_PT]
+    return layout, write_in_shard_state(source_dir, target_dir, read_in_shard_state(source_dir), state)
+
+
+# --- completeness -------------------------------------------------------------------------------
+
+def completeness_problems(iter_dir: str | os.PathLike, limit: int = 5) -> list[str]:
+    """What makes a torch_dist iteration folder unloadable: a shard named in `.metadata` missing (or a
+    dangling link), or shorter than the bytes the metadata says it holds; empty when complete."""
+    iter_dir = Path(iter_dir)
+    if not (iter_dir / DCP_METADATA).exists():
+        if any(iter_dir.glob("mp_rank_*/model_optim_rng.pt")):
+            return []   # the torch format: one self-contained file per rank
+        return [f"{iter_dir / DCP_METADATA}: missing"]
+    metadata = read_dcp_metadata(iter_dir)
+    needed: dict[str, int] = {}
+    for storage in metadata.storage_data.values():
+        end = storage.offset + storage.length
+        needed[storage.relative_path] = max(needed.get(storage.relative_path, 0), end)
+    problems = []
+    for name, end in sorted(needed.items()):
+        path = iter_dir / name
+        if not path.exists():
+            target = f" (a link to {os.readlink(path)}, which is gone)" if path.is_symlink() else ""
+            problems.append(f"{path}: missing{target}; {DCP_METADATA} names it")
+        elif path.stat().st_size < end:
+            problems.append(f"{path}: truncated: {path.stat().st_size:,} bytes, {DCP_METADATA} needs {end:,}")
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... and {len(problems) - limit} more"]
+    return problems
+
+
+def check_complete(ckpt: "Checkpoint") -> None:
+    """Fail naming the files when a torch_dist checkpoint cannot be loaded whole."""
+    if ckpt.format != "torch_dist":
+        return
+    problems = completeness_problems(ckpt.iter_dir)
+    if problems:
+        fail(f"{ckpt.iter_dir}: incomplete checkpoint:\n  " + "\n  ".join(problems))
 
 
 def common_state_summary(state: dict) -> dict:
-    """The fields people ask about first, with the pitfalls of FACTS section 4 applied."""
+    """The fields people ask about first (the top-level `iteration` wins: `args.iteration` may be 0)."""
     args = state.get("args")
     scheduler = state.get("opt_param_scheduler") or {}
     optimizer = state.get("optimizer")

@@ -37,8 +37,9 @@ from typing import Any
 
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
-from pipeline.megatron_ckpt import (COMMON_PT, TRACKER, Checkpoint, common_state_summary, iteration_dir_name,
-                                    load_common_state, read_tracker, resolve_checkpoint, save_common_state)
+from pipeline.megatron_ckpt import (COMMON_PT, DCP_METADATA, IN_SHARD_FILE, LAYOUT_LEGACY, TRACKER, Checkpoint, check_complete,
+                                    common_state_layout, common_state_summary, iteration_dir_name,
+                                    load_common_state, read_tracker, resolve_checkpoint, rewrite_common_state)
 from pipeline.provenance import provenance
 
 INIT_RECORD = "init.json"
@@ -169,14 +170,14 @@ def resolve_base(base: str | os.PathLike, iteration: int | None, *, from_run: bo
     return resolve_checkpoint(base, iteration)
 
 
-def _link_shards(source: Path, target: Path) -> list[str]:
-    """Symlink every file of `source` (recursively) into `target`, except common.pt; returns the names."""
+def _link_shards(source: Path, target: Path, rewritten: set[str]) -> list[str]:
+    """Symlink every file of `source` (recursively) into `target`, except those `make init` rewrites."""
     linked = []
     for path in sorted(source.rglob("*")):
         rel = path.relative_to(source)
         if path.is_dir():
             continue
-        if rel.as_posix() == COMMON_PT:
+        if rel.as_posix() in rewritten:
             continue
         dest = target / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,8 @@ def init_run(run: str | os.PathLike, base: str | os.PathLike, iteration: int | N
     if existing is not None and layout.is_initialised():
         same = existing.get("source", {}).get("iter_dir") == str(source) and \
             existing.get("source", {}).get("iteration") == ckpt.iteration
-        if same and (layout.start / iteration_dir_name(ckpt.iteration) / COMMON_PT).is_file():
+        start_iter = layout.start / iteration_dir_name(ckpt.iteration)
+        if same and any((start_iter / name).is_file() for name in (COMMON_PT, IN_SHARD_FILE)):
             return "unchanged", existing
         if not force:
             fail(f"{layout.start}: already initialised from {existing.get('source', {}).get('iter_dir')} "
@@ -218,6 +220,8 @@ def init_run(run: str | os.PathLike, base: str | os.PathLike, iteration: int | N
              f"resumes from them, not from a start; FORCE=1 re-initialises anyway (move checkpoints/ away to "
              f"really restart)")
 
+    check_complete(ckpt)
+    layout_kind = common_state_layout(ckpt.iter_dir)
     state = load_common_state(ckpt.iter_dir)
     before = common_state_summary(state)
     changes = reset_counters(state)
@@ -230,15 +234,16 @@ def init_run(run: str | os.PathLike, base: str | os.PathLike, iteration: int | N
     try:
         iter_dir = tmp / iteration_dir_name(ckpt.iteration)
         iter_dir.mkdir(parents=True)
-        linked = _link_shards(source, iter_dir)
-        save_common_state(state, iter_dir / COMMON_PT)
+        rewritten = {COMMON_PT} if layout_kind == LAYOUT_LEGACY else {DCP_METADATA, IN_SHARD_FILE}
+        linked = _link_shards(source, iter_dir, rewritten)
+        _, written = rewrite_common_state(source, iter_dir, state)
         write_text(tmp / TRACKER, str(ckpt.iteration))  # as Megatron writes it
         record = provenance(
             mechanism=MECHANISM, why=MECHANISM_WHY, alternative=MECHANISM_ALTERNATIVE,
             source={"given": str(base), "iter_dir": str(source), "iteration": ckpt.iteration,
                     "format": ckpt.format, "size_bytes": ckpt.size_bytes()},
             start_dir=str(layout.start), iter_dir_name=iteration_dir_name(ckpt.iteration),
-            linked_files=linked, written_files=[COMMON_PT], changes=changes,
+            linked_files=linked, written_files=written, common_state_layout=layout_kind, changes=changes,
             common_state_before=before, common_state_after=after)
         write_json(tmp / INIT_RECORD, record)
         status = "initialised"
