@@ -34,6 +34,7 @@ TOKENIZER_MODEL ?=
 TOKENIZER_NAME ?= v3.1
 MEGATRON_PATH ?=
 ENV_DIR ?=
+TRAIN_PYTHON ?=
 PYTHON ?= python3
 PYTEST_ARGS ?= -q
 DEMO_DIR ?= $(EXP_DIR)/demo
@@ -243,7 +244,7 @@ $(if $(BASE_ITER),$(call require_int,BASE_ITER))
 # the run and its inputs, as scripts/train_args.py and scripts/train.py take them
 TRAIN_RUN = --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' --data-list '$(DATA_LIST)' \
 	--tokenizer-model '$(TOKENIZER_MODEL)' --env-dir '$(ENV_DIR)' --megatron-path '$(MEGATRON_PATH)' \
-	--wandb-entity '$(WANDB_ENTITY)' --wandb-project '$(WANDB_PROJECT)'
+	--wandb-entity '$(WANDB_ENTITY)' --wandb-project '$(WANDB_PROJECT)' --train-python '$(TRAIN_PYTHON)'
 TRAIN_JOB = --gpus-per-node '$(GPUS_PER_NODE)' --launcher-knob '$(LAUNCHER)' --master-port '$(MASTER_PORT)' \
 	--walltime $(call walltime,168:00:00) $(if $(filter 1,$(FORCE)),--force)
 # train.py submits every job through scripts/submit.py with the flags of $(SUBMIT) (all its words after the script)

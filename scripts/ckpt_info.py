@@ -105,8 +105,8 @@ def describe(path: str | os.PathLike, iteration: int | None = None) -> dict:
     init_record = ckpt.root / INIT_RECORD if ckpt.root is not None else None
     if init_record is not None and init_record.is_file():   # a start folder made by make init
         made = json.loads(init_record.read_text(encoding="utf-8"))
-        info["made_by_init"] = {"source": made.get("source", {}).get("iter_dir"),
-                                "source_iteration": made.get("source", {}).get("iteration"),
+        info["made_by_init"] = {"source": (made.get("source") or {}).get("iter_dir"),
+                                "source_iteration": (made.get("source") or {}).get("iteration"),
                                 "changes": made.get("changes", [])}
     return _plain(info)
 

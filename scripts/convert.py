@@ -19,9 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.atomic import write_json
+from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail, run_main
-from pipeline.convert_job import CONVERTERS, DTYPES, ConvertRequest, check_inputs, output_dir, plan_text, step1_args
+from pipeline.convert_job import (CONVERTERS, DTYPES, ConvertRequest, check_inputs, conversion_args, output_dir,
+                                  plan_text, step1_resolved)
 from pipeline.paths import PBS_DIR, REPO_DIR, exp_dir
 from pipeline.provenance import provenance
 from train_args import add_run_arguments
@@ -52,7 +53,7 @@ def request(args: argparse.Namespace) -> ConvertRequest:
                           vocab_size=int(vocab) if vocab else None, dtype=args.dtype,
                           env_dir=args.env_dir or None, megatron_path=args.megatron_path or None,
                           tokenizer_model=args.tokenizer_model or None, data_list=args.data_list or None,
-                          launcher=args.launcher)
+                          launcher=args.launcher, train_python=args.train_python or None)
 
 
 def job_variables(req: ConvertRequest, args: argparse.Namespace) -> dict[str, str]:
@@ -66,7 +67,8 @@ def job_variables(req: ConvertRequest, args: argparse.Namespace) -> dict[str, st
                 "MEGATRON_PATH": req.megatron_path and str(Path(req.megatron_path).absolute()),
                 "TOKENIZER_MODEL": req.tokenizer_model and str(Path(req.tokenizer_model).absolute()),
                 "DATA_LIST": req.data_list and str(Path(req.data_list).absolute()),
-                "GPUS_PER_NODE": args.gpus_per_node, "LAUNCHER": args.launcher_knob, "MASTER_PORT": args.master_port}
+                "GPUS_PER_NODE": args.gpus_per_node, "LAUNCHER": args.launcher_knob, "MASTER_PORT": args.master_port,
+                "TRAIN_PYTHON": req.train_python}
     variables.update({k: v for k, v in optional.items() if v})
     return variables
 
@@ -139,8 +141,10 @@ def do_locate(args: argparse.Namespace) -> int:
 
 
 def do_step1_args(args: argparse.Namespace) -> int:
-    req = request(args)
-    sys.stdout.write("".join(f"{a}\n" for a in step1_args(req, Path(args.tmp), args.world_size)))
+    resolved = step1_resolved(request(args), Path(args.tmp), args.world_size)
+    if args.env_out:
+        write_text(args.env_out, resolved.environment_lines())
+    sys.stdout.write("".join(f"{a}\n" for a in conversion_args(resolved.args)))
     return 0
 
 
@@ -190,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_request_arguments(p)
     p.add_argument("--tmp", required=True, help="the job's temporary folder (torch_dist/ in, torch/ out)")
     p.add_argument("--world-size", type=int, default=None, help="GPUs of step 1 (checks the batch splits)")
+    p.add_argument("--env-out", default="", help="write the job's environment changes for this Megatron here")
     p = sub.add_parser("record", help="(job) write the provenance JSON into a converted folder")
     p.add_argument("folder", help="the converted folder")
     p.add_argument("--converter", choices=CONVERTERS, required=True, help="which converter wrote it")

@@ -11,6 +11,7 @@ source does nothing; another source needs --force.
                 --seed 42 --base-ckpt /path/to/pretrain/checkpoints          # iteration: params' start (432581)
     init_run.py ... --param 7.7b_v4_3.5t_tokenizer_v3.1_curriculum --task v4-megamath-pro-max --size 80B
                 # no --base-ckpt: the final checkpoint of the earlier stage's run of the same seed
+    init_run.py ... --param tiny --base-ckpt scratch     # random weights: pretrain a base with the same targets
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.errors import fail, run_main
-from pipeline.midtrain import RunLayout, init_run
+from pipeline.midtrain import SCRATCH, RunLayout, init_run, init_scratch
 from pipeline.params import load_train_params, param_name
 from pipeline.paths import exp_dir, run_dir
 
@@ -44,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--param", required=True, help="PARAM of the run (params/<PARAM>.yaml or a path)")
     parser.add_argument("--size", required=True, help="SIZE of the run")
     parser.add_argument("--seed", type=int, required=True, help="SEED of the run")
-    parser.add_argument("--base-ckpt", default="", help="BASE_CKPT: a checkpoints folder, an iter_NNNNNNN folder "
-                        "or an earlier run's folder (default: the params' earlier stage run, same seed)")
+    parser.add_argument("--base-ckpt", default="", help="BASE_CKPT: a checkpoints folder, an iter_NNNNNNN folder, "
+                        "an earlier run's folder (default: the params' earlier stage run, same seed), or 'scratch' "
+                        "(random weights: a base model trained by the pipeline itself)")
     parser.add_argument("--base-iter", type=int, default=None, help="BASE_ITER: the iteration to start from "
                         "(default: the params' start iteration, else the source's tracker)")
     parser.add_argument("--force", action="store_true", help="FORCE=1: replace an existing start")
@@ -57,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     exp = exp_dir(args.exp_dir)
     run = run_dir(exp, args.task, param_name(args.param), args.size, args.seed)
     layout = RunLayout(run)
+    if args.base_ckpt == SCRATCH:
+        status, _ = init_scratch(run, force=args.force)
+        print(f"init: {layout.start} {'already ' if status == 'unchanged' else ''}set to start from random weights"
+              + (" (replaced the earlier start)" if status == "replaced" else ""))
+        return 0
     if not args.base_ckpt and layout.is_initialised() and load_train_params(args.param).start.kind == "pretrained":
-        source = (layout.init_info() or {}).get("source", {})
+        source = (layout.init_info() or {}).get("source") or {}
         print(f"init: {layout.start} already initialised from {source.get('iter_dir')} "
               f"(iteration {source.get('iteration')}); BASE_CKPT=<dir> FORCE=1 starts it from elsewhere")
         return 0

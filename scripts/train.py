@@ -203,7 +203,8 @@ def optional_vars(args: argparse.Namespace) -> dict[str, str]:
              "ENV_DIR": args.env_dir and str(Path(args.env_dir).absolute()),
              "MEGATRON_PATH": args.megatron_path and str(Path(args.megatron_path).absolute()),
              "WANDB_ENTITY": args.wandb_entity, "WANDB_PROJECT": args.wandb_project,
-             "GPUS_PER_NODE": args.gpus_per_node, "LAUNCHER": args.launcher_knob, "MASTER_PORT": args.master_port}
+             "GPUS_PER_NODE": args.gpus_per_node, "LAUNCHER": args.launcher_knob, "MASTER_PORT": args.master_port,
+             "TRAIN_PYTHON": args.train_python}
     return {k: v for k, v in pairs.items() if v}
 
 

@@ -8,7 +8,8 @@ pipeline/midtrain.py for why), --load = the run's own checkpoints once it saved,
 
     train_args.py --exp-dir exp --task v4-dolmino-mix-1124 --param 7.7b_v4_3.5t_tokenizer_v3.1 --size 50B \\
                   --seed 42 --tokenizer-model /path/to/llm-jp-tokenizer-100k.ver3.1.model
-    train_args.py ... --write      # pbs/train.pbs at job start: writes <run>/train_args.{txt,json}, prints <run>
+    train_args.py ... --write      # pbs/train.pbs at job start: writes <run>/train_args.{txt,json} and
+                                   # train_env.txt, prints <run>
 """
 from __future__ import annotations
 
@@ -38,7 +39,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-entity", default="", help="WANDB_ENTITY (wandb logging needs WANDB_PROJECT)")
     parser.add_argument("--wandb-project", default="", help="WANDB_PROJECT: log to wandb when set")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="mpi",
-                        help="mpi: mpirun with --use-mpi (ABCI, the LLM-jp setup); torchrun: one node")
+                        help="mpi: mpirun (ABCI, the LLM-jp setup); torchrun: one node")
+    parser.add_argument("--train-python", default="", help="TRAIN_PYTHON: the Python that runs Megatron-LM, asked "
+                        "which arguments its parser takes (default: ENV_DIR's venv; none: decided at job start)")
 
 
 def spec_from_args(args: argparse.Namespace, seed: int, world_size: int | None = None) -> RunSpec:
@@ -46,15 +49,17 @@ def spec_from_args(args: argparse.Namespace, seed: int, world_size: int | None =
                    data_list=args.data_list or None, tokenizer_model=args.tokenizer_model or None,
                    env_dir=args.env_dir or None, megatron_path=args.megatron_path or None,
                    wandb_entity=args.wandb_entity or None, wandb_project=args.wandb_project or None,
-                   launcher=args.launcher, world_size=world_size)
+                   launcher=args.launcher, world_size=world_size, train_python=args.train_python or None)
 
 
 def write_resolved(resolved, resolved_at: str) -> None:
-    """<run>/train_args.txt (one argument per line) and train_args.json (with the derivation)."""
+    """<run>/train_args.txt (one argument per line), train_env.txt (the job's environment changes) and
+    train_args.json (with the derivation)."""
     layout = resolved.spec.layout
     if resolved.params.data.args == "file":
         write_text(layout.data_args_file, resolved.data_args_text())
     write_text(layout.args_txt, "".join(f"{a}\n" for a in resolved.args))
+    write_text(layout.env_txt, resolved.environment_lines())
     write_json(layout.args_json, {**resolved.record(), "resolved_at": resolved_at, "provenance": provenance()})
 
 
@@ -94,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for note in resolved.notes:
         print(f"# {note}", file=sys.stderr)
+    if resolved.features is not None:
+        print(f"# Megatron-LM {resolved.features.megatron_path}: {resolved.features.describe()}", file=sys.stderr)
+        for line in resolved.environment_lines().splitlines():
+            print(f"# job environment: {line}", file=sys.stderr)
     start = resolved.start_info()
     print(f"# {resolved.total_tokens:,} tokens in {len(resolved.entries)} files -> --train-iters "
           f"{resolved.train_iters} from step 0 (loads {start['loads']}: {start['load_dir']})", file=sys.stderr)

@@ -322,7 +322,8 @@ convert_checkpoint(source, value("--save-dir"), vocab_size=@PADDED@, show_progre
 FAKE_MPIRUN = '''#!/bin/bash
 # Stand-in mpirun: records its arguments, then runs the program after the options (one rank).
 printf '%s\\n' "$@" > "${FAKE_MEGATRON_RECORD}.mpirun"
-while [[ $# -gt 0 && "$1" != python ]]; do shift; done
+while [[ $# -gt 0 && "$1" != bash ]]; do shift; done   # bash pbs/rank_env.sh TRAIN_PYTHON pretrain_gpt.py ...
+export OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=1 OMPI_COMM_WORLD_LOCAL_RANK=0
 exec "$@"
 '''
 
@@ -338,6 +339,8 @@ def fake_megatron(folder: Path) -> dict[str, str]:
                                       .replace("@PADDED@", str(PADDED_VOCAB)))
     (tools / "loader_mcore.py").write_text("# stand-in\n")
     (tools / "saver_llmjp4_hf.py").write_text("# stand-in\n")
+    from train_helpers import write_fake_parser   # not at the top: this file also runs as a plain script
+    write_fake_parser(megatron)
     bin_dir = folder / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(f"#!/bin/bash\nexec {sys.executable} \"$@\"\n")
@@ -345,4 +348,4 @@ def fake_megatron(folder: Path) -> dict[str, str]:
     for exe in ("python", "mpirun"):
         (bin_dir / exe).chmod(0o755)
     return {"MEGATRON_PATH": str(megatron), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "FAKE_MEGATRON_RECORD": str(folder / "record")}
+            "FAKE_MEGATRON_RECORD": str(folder / "record"), "TRAIN_PYTHON": str(bin_dir / "python")}

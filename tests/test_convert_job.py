@@ -35,10 +35,10 @@ def make_vars(run: dict, **extra) -> list[str]:
     return [f"{k}={run[k]}" for k in keys] + [f"{k}={v}" for k, v in extra.items()]
 
 
-def request(run: dict, exp: Path) -> ConvertRequest:
+def request(run: dict, exp: Path, **extra) -> ConvertRequest:
     return ConvertRequest(exp=exp, task=run["TASK"], param=run["PARAM"], size=run["SIZE"], seed=int(run["SEED"]),
                           iteration=str(ITERATION), hf_tokenizer_dir=run["HF_TOKENIZER_DIR"],
-                          tokenizer_model=run["TOKENIZER_MODEL"], data_list=run["DATA_LIST"], dtype="fp32")
+                          tokenizer_model=run["TOKENIZER_MODEL"], data_list=run["DATA_LIST"], dtype="fp32", **extra)
 
 
 def leftovers(run_dir: Path) -> list[str]:
@@ -82,8 +82,9 @@ def test_megatron_job_runs_the_three_steps(make, run, exp_dir, tmp_path, ckpts):
     tmp = Path(step1["argv"][step1["argv"].index("--ckpt-convert-save") + 1])
     run_dir = run["run"]
     assert tmp.parent == run_dir and tmp.name.startswith(".convert-tmp.")
-    req = request(run, exp_dir)
+    req = request(run, exp_dir, megatron_path=env["MEGATRON_PATH"], train_python=env["TRAIN_PYTHON"])
     assert step1["argv"] == step1_args(req, tmp, world_size=1), "step 1 = the run's own convert-mode arguments"
+    assert "--use-mpi" in step1["argv"], "the fork's parser has --use-mpi: asked at job start"
     assert step1["env"]["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
     assert step2["env"]["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
     out_tmp = run_dir / "checkpoints_hf" / f".{ITER_NAME}.tmp.{_job_tag(tmp)}"

@@ -25,7 +25,7 @@ def test_v4_configuration_has_the_earlier_values():
     assert (par.micro_batch_size, p.global_batch_size, par.tensor, par.pipeline, par.context) == (1, 1024, 1, 1, 1)
     assert par.sequence_parallel and par.distributed_optimizer
     imp = p.implementation
-    assert (imp.precision, imp.transformer_impl, imp.use_flash_attn) == ("bf16", "transformer_engine", True)
+    assert (imp.precision, imp.transformer_impl, imp.attention_backend) == ("bf16", "transformer_engine", "flash")
     assert (p.schedule.style, p.schedule.lr) == ("constant", 3e-5)
     assert (p.start.kind, p.start.iteration) == ("pretrained", 432581)
 

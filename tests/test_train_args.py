@@ -10,7 +10,7 @@ from conftest import REPO, run_script, shared_path
 from pipeline.datalist import Entry
 from pipeline.errors import PipelineError
 from pipeline.megatron_args import RunSpec, resolve
-from train_helpers import data_list, llmjp_50b_list
+from train_helpers import data_list, llmjp_50b_list, megatron_options
 
 V4 = "7.7b_v4_3.5t_tokenizer_v3.1"
 TASK = "v4-dolmino-mix-1124"
@@ -99,10 +99,46 @@ def test_model_and_parallel_arguments(tmp_path, small_list):
         assert value(args, flag) == expected, flag
     for flag in ("--group-query-attention", "--swiglu", "--untie-embeddings-and-output-weights",
                  "--disable-bias-linear", "--sequence-parallel", "--use-distributed-optimizer", "--bf16",
-                 "--use-flash-attn", "--exit-on-missing-checkpoint", "--use-mpi"):
+                 "--exit-on-missing-checkpoint"):
         assert flag in args, flag
-    torchrun = resolve(spec(tmp_path, small_list, launcher="torchrun")).args
-    assert "--use-mpi" not in torchrun and len(torchrun) == len(args) - 1
+
+
+def test_launch_flags_follow_the_megatron_parser(tmp_path, small_list):
+    """The option sets of the real parsers (tests/data/megatron_options, from megatron_probe.py)."""
+    unknown = resolve(spec(tmp_path, small_list))       # no Megatron to ask: decided at job start
+    assert not {"--use-mpi", "--use-flash-attn", "--attention-backend"} & set(unknown.args)
+    assert "decided at job start" in " ".join(unknown.notes) and unknown.environment == {}
+
+    v4 = resolve(spec(tmp_path, small_list, features=megatron_options("llmjp-v4")))
+    assert "--use-flash-attn" in v4.args and "--use-mpi" in v4.args and "--attention-backend" not in v4.args
+    assert v4.environment == {"NVTE_FLASH_ATTN": "1", "NVTE_FUSED_ATTN": "0", "NVTE_UNFUSED_ATTN": None}
+
+    upstream = resolve(spec(tmp_path, small_list, features=megatron_options("upstream")))
+    assert value(upstream.args, "--attention-backend") == "flash"
+    assert "--use-flash-attn" not in upstream.args and "--use-mpi" not in upstream.args   # no such flag there
+    assert upstream.environment == {"NVTE_FLASH_ATTN": None, "NVTE_FUSED_ATTN": None, "NVTE_UNFUSED_ATTN": None}
+    assert upstream.environment_lines() == "unset NVTE_FLASH_ATTN\nunset NVTE_FUSED_ATTN\nunset NVTE_UNFUSED_ATTN\n"
+
+    torchrun = resolve(spec(tmp_path, small_list, launcher="torchrun", features=megatron_options("llmjp-v4"))).args
+    assert "--use-mpi" not in torchrun and len(torchrun) == len(v4.args) - 1
+
+
+@pytest.mark.parametrize("megatron", ["upstream", "llmjp-v4"])
+@pytest.mark.parametrize("param", [V4, f"{V4}_curriculum", "tiny"])
+@pytest.mark.parametrize("mode", ["train", "convert"])
+def test_every_generated_flag_is_known_to_the_megatron(tmp_path, small_list, megatron, param, mode):
+    resolved = resolve(spec(tmp_path, small_list, param=param, features=megatron_options(megatron)), mode)
+    assert megatron_options(megatron).unknown(resolved.args) == []
+
+
+def test_an_unknown_flag_is_refused_before_the_job(tmp_path, small_list):
+    doc = yaml.safe_load((REPO / "params" / f"{V4}.yaml").read_text())
+    doc["data"]["args"] = "file"             # --data-args-path: upstream only
+    params = tmp_path / "file.yaml"
+    params.write_text(yaml.safe_dump(doc))
+    with pytest.raises(PipelineError, match=r"core 0\.10\.0rc0\) does not know 1 generated argument\(s\): "
+                                            r"--data-args-path"):
+        resolve(spec(tmp_path, small_list, param=str(params), features=megatron_options("llmjp-v4")))
 
 
 def test_wandb_only_when_configured(tmp_path, small_list):

@@ -182,8 +182,8 @@ def test_local_train_launches_megatron_with_the_resolved_arguments(make, setup, 
     assert call["argv"][at - 1] == "python" and call["argv"][at + 1:] == args
     assert "--use-mpi" in args and args[args.index("--wandb-project") + 1] == "p q, r"
     assert call["env"] == {"MASTER_ADDR": socket.gethostname(), "MASTER_PORT": call["env"]["MASTER_PORT"],
-                           "CUDA_DEVICE_MAX_CONNECTIONS": "1", "NVTE_FUSED_ATTN": "0",
-                           "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "FROM_ACTIVATE": "yes"}
+                           "CUDA_DEVICE_MAX_CONNECTIONS": "1", "NVTE_FLASH_ATTN": "1", "NVTE_FUSED_ATTN": "0",
+                           "NVTE_UNFUSED_ATTN": None, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "FROM_ACTIVATE": "yes"}
     assert call["cwd"] == str(run) and 10000 <= int(call["env"]["MASTER_PORT"]) < 60000
     outs = list(run.glob("train-*.out"))
     assert len(outs) == 1 and "iteration        1/       4" in outs[0].read_text()

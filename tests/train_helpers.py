@@ -21,12 +21,21 @@ from pipeline.datalist import Entry, read_list, write_list
 from pipeline.indexed import IndexedDatasetWriter
 from conftest import write_executable
 
+MEGATRON_OPTIONS = Path(__file__).resolve().parent / "data" / "megatron_options"
 PRETRAIN_ITER = 30
 CONSUMED = 240
 _CACHE: dict[str, Path] = {}
 
 # the LLM-jp 50B ratios (FACTS section 2): weight = ceil(tokens x ratio)
 RATIOS_50B = {"dclm": Fraction("0.0323"), "flan": Fraction("0.5"), "pes2o": Fraction("0.0515")}
+
+
+def megatron_options(name: str):
+    """What a real Megatron-LM parser accepts: the saved answer of scripts/pipeline/megatron_probe.py for
+    `upstream` (NVIDIA main, core 0.20) or `llmjp-v4` (core 0.10); the source commit is in the file."""
+    from pipeline.megatron_features import MegatronFeatures
+    found = json.loads((MEGATRON_OPTIONS / f"{name}.json").read_text(encoding="utf-8"))
+    return MegatronFeatures(found["source"], found["core_version"], frozenset(found["options"]))
 
 
 def common_state(iteration: int = PRETRAIN_ITER) -> dict:
@@ -93,9 +102,28 @@ def llmjp_50b_list(all_list: Path, out: Path) -> Path:
     return data_list(out, entries)
 
 
-def fake_megatron(folder: Path) -> Path:
+def write_fake_parser(megatron: Path, options: str = "llmjp-v4") -> None:
+    """Give a stand-in checkout a parser with exactly the options of the real one named
+    (tests/data/megatron_options), so a job's probe of it, and what the job decides from that, are
+    those of that Megatron."""
+    training = megatron / "megatron" / "training"
+    training.mkdir(parents=True, exist_ok=True)
+    (training / "arguments.py").write_text(textwrap.dedent(f"""\
+        import argparse, json
+        def parse_args(ignore_unknown_args=False):
+            found = json.load(open({str(MEGATRON_OPTIONS / f"{options}.json")!r}))
+            parser = argparse.ArgumentParser(allow_abbrev=False)
+            for option in set(found["options"]) - {{"--help"}}:
+                parser.add_argument(option, nargs="?")
+            return parser.parse_known_args()[0]
+        """))
+
+
+def fake_megatron(folder: Path, options: str = "llmjp-v4") -> Path:
+    """A stand-in checkout for launch tests (the job runs mpirun/torchrun stand-ins, never it)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pretrain_gpt.py").write_text("raise SystemExit('not the real Megatron')\n")
+    write_fake_parser(folder, options)
     return folder
 
 
@@ -104,8 +132,10 @@ def fake_mpirun(bin_dir: Path) -> Path:
     return write_executable(bin_dir / "mpirun", textwrap.dedent("""\
         #!/usr/bin/env python3
         import json, os, sys
-        keys = ("MASTER_ADDR", "MASTER_PORT", "CUDA_DEVICE_MAX_CONNECTIONS", "NVTE_FUSED_ATTN",
-                "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "FROM_ACTIVATE")
+        if len(sys.argv) > 1 and sys.argv[1].endswith("megatron_probe.py"):   # the job asking the parser
+            os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+        keys = ("MASTER_ADDR", "MASTER_PORT", "CUDA_DEVICE_MAX_CONNECTIONS", "NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN",
+                "NVTE_UNFUSED_ATTN", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "FROM_ACTIVATE")
         with open(os.environ["FAKE_MPIRUN_RECORD"], "w") as handle:
             json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}, handle)
         print(" [2026-01-01 00:00:00] iteration        1/       4 | consumed samples:            8 | lm loss: 9.9E+00 |")

@@ -60,6 +60,7 @@ class ConvertRequest:
     tokenizer_model: str | None = None
     data_list: str | None = None
     launcher: str = "mpi"
+    train_python: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ class ConvertRequest:
         from pipeline.megatron_args import RunSpec
         return RunSpec(exp=Path(self.exp), task=self.task, param=self.param, size=self.size, seed=self.seed,
                        data_list=self.data_list, tokenizer_model=self.tokenizer_model, env_dir=self.env_dir,
-                       megatron_path=self.megatron_path, launcher=self.launcher)
+                       megatron_path=self.megatron_path, launcher=self.launcher, train_python=self.train_python)
 
     @property
     def run_dir(self) -> Path:
@@ -135,14 +136,18 @@ def conversion_args(train_args: list[str]) -> list[str]:
     return out
 
 
-def step1_args(req: ConvertRequest, tmp: Path, world_size: int | None = None) -> list[str]:
-    """pretrain_gpt.py's arguments for step 1: load tmp/torch_dist, write tmp/torch."""
+def step1_resolved(req: ConvertRequest, tmp: Path, world_size: int | None = None):
+    """The run's arguments in convert mode for step 1 (load tmp/torch_dist, write tmp/torch)."""
     from pipeline.megatron_args import RunSpec, resolve
     spec = req.run_spec()
     if world_size is not None:
         spec = RunSpec(**{**spec.__dict__, "world_size": world_size})
-    resolved = resolve(spec, "convert", load=tmp / "torch_dist", convert_save=tmp)
-    return conversion_args(resolved.args)
+    return resolve(spec, "convert", load=tmp / "torch_dist", convert_save=tmp)
+
+
+def step1_args(req: ConvertRequest, tmp: Path, world_size: int | None = None) -> list[str]:
+    """pretrain_gpt.py's arguments for step 1: load tmp/torch_dist, write tmp/torch."""
+    return conversion_args(step1_resolved(req, tmp, world_size).args)
 
 
 def step2_argv(megatron: str | Path, tmp: Path, out_tmp: Path, hf_tokenizer_dir: str, dtype: str) -> list[str]:

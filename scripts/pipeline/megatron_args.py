@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pipeline.datalist import Entry, data_path_args, read_list, total_weight
 from pipeline.errors import fail
-from pipeline.midtrain import MECHANISM, MECHANISM_ALTERNATIVE, MECHANISM_WHY, RunLayout
+from pipeline.megatron_features import MegatronFeatures, attention_launch, probe
+from pipeline.midtrain import MECHANISM, MECHANISM_ALTERNATIVE, MECHANISM_WHY, SCRATCH, RunLayout
 from pipeline.params import TrainParams, load_train_params, param_name
 from pipeline.paths import TASKS_DIR, run_dir
 
@@ -45,6 +46,8 @@ class RunSpec:
     wandb_project: str | None = None
     launcher: str = "mpi"
     world_size: int | None = None
+    train_python: str | None = None      # TRAIN_PYTHON: runs Megatron (and asks its parser); default ENV_DIR's venv
+    features: MegatronFeatures | None = None   # what the Megatron accepts, when already known (else asked)
 
     @property
     def run_dir(self) -> Path:
@@ -78,6 +81,27 @@ def resolve_megatron(spec: RunSpec) -> Path | None:
     return None
 
 
+def resolve_train_python(spec: RunSpec) -> str | None:
+    if spec.train_python:
+        return spec.train_python
+    if spec.env_dir:
+        venv_python = Path(spec.env_dir).absolute() / "venv" / "bin" / "python"
+        if venv_python.is_file():
+            return str(venv_python)
+    return None
+
+
+def megatron_features(spec: RunSpec, megatron: Path | None) -> MegatronFeatures | None:
+    """What the run's Megatron accepts (its parser, asked with TRAIN_PYTHON), or None when it cannot be asked
+    here (no Megatron or no Python for it: the job asks at its start)."""
+    if spec.features is not None:
+        return spec.features
+    python = resolve_train_python(spec)
+    if megatron is None or python is None or not (megatron / "pretrain_gpt.py").is_file():
+        return None
+    return probe(megatron, python, spec.exp / ".cache")
+
+
 def _num(value: float) -> str:
     """A float as Megatron's argparse reads it back exactly (3e-05, 0.9, 1e-08, 0.0)."""
     return repr(float(value))
@@ -91,10 +115,12 @@ class Resolved:
     data_list: Path
     entries: list[Entry]
     train_iters: int
-    load_dir: Path
+    load_dir: Path | None                # None: a run from random weights that has not saved yet
     tokenizer: Path
     megatron: Path | None
+    features: MegatronFeatures | None = None
     args: list[str] = field(default_factory=list)
+    environment: dict[str, str | None] = field(default_factory=dict)   # for the job: export (value) / unset (None)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -108,10 +134,21 @@ class Resolved:
         """The --data-args-path file: 'w1 p1 w2 p2 ...' (Megatron splits it on whitespace)."""
         return " ".join(data_path_args(self.entries, self.spec.exp)) + "\n"
 
+    def environment_lines(self) -> str:
+        """The job's environment changes, one per line: `export NAME VALUE` or `unset NAME` (read by the
+        templates with `read`, never evaluated)."""
+        return "".join(f"export {k} {v}\n" if v is not None else f"unset {k}\n"
+                       for k, v in sorted(self.environment.items()))
+
     def start_info(self) -> dict:
         layout = self.spec.layout
         init = layout.init_info() or {}
-        source = init.get("source", {})
+        if init.get("mechanism") == SCRATCH:
+            return {"mechanism": SCRATCH, "why": init.get("why"), "train_iters": self.train_iters,
+                    "starts_at_step": 0, "load_dir": str(self.load_dir) if self.load_dir else None,
+                    "loads": "own checkpoints (resume)" if self.load_dir else "nothing: random weights",
+                    "initialised": layout.is_initialised(), "start_from": SCRATCH}
+        source = init.get("source") or {}
         base_iteration = source.get("iteration")
         if base_iteration is None and self.params.start.kind == "pretrained":
             base_iteration = self.params.start.iteration
@@ -161,6 +198,9 @@ class Resolved:
             "start": self.start_info(),
             "tokenizer_model": str(self.tokenizer),
             "megatron_path": str(self.megatron) if self.megatron else None,
+            "megatron": {"core_version": self.features.core_version, "launch": self.features.describe()}
+            if self.features else None,
+            "environment": self.environment,
             "launcher": self.spec.launcher,
             "world_size": self.spec.world_size,
             "wandb": bool(self.spec.wandb_project),
@@ -218,9 +258,12 @@ def _parallel_args(p: TrainParams, launcher: str) -> list[str]:
     if par.distributed_optimizer:
         args.append("--use-distributed-optimizer")
     args += ["--distributed-backend", "nccl", "--distributed-timeout-minutes", str(par.distributed_timeout_minutes)]
-    if launcher == "mpi":
-        args.append("--use-mpi")   # ranks from OMPI_COMM_WORLD_* (LLM-jp fork)
     return args
+
+
+# every optional fused kernel (each needs apex or TransformerEngine, or a JIT build) when fusions: false
+NO_FUSION_ARGS = ("--no-masked-softmax-fusion", "--no-bias-swiglu-fusion", "--no-bias-dropout-fusion",
+                  "--no-rope-fusion", "--no-gradient-accumulation-fusion", "--no-persist-layer-norm")
 
 
 def _implementation_args(p: TrainParams) -> list[str]:
@@ -228,10 +271,10 @@ def _implementation_args(p: TrainParams) -> list[str]:
     args = {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp32": []}[imp.precision]
     if imp.use_mcore_models:
         args.append("--use-mcore-models")
-    if not imp.masked_softmax_fusion:
+    if not imp.fusions:
+        args += NO_FUSION_ARGS
+    elif not imp.masked_softmax_fusion:
         args.append("--no-masked-softmax-fusion")
-    if imp.use_flash_attn:
-        args.append("--use-flash-attn")
     if imp.attention_softmax_in_fp32:
         args.append("--attention-softmax-in-fp32")
     return args + ["--transformer-impl", imp.transformer_impl]
@@ -265,9 +308,10 @@ def resolve(spec: RunSpec, mode: str = "train", *, load: str | os.PathLike | Non
     train_iters = params.iterations(total_weight(entries))
     layout = spec.layout
     tokenizer = resolve_tokenizer(spec, params)
+    megatron = resolve_megatron(spec)
     resolved = Resolved(spec=spec, params=params, mode=mode, data_list=list_path.absolute(), entries=entries,
                         train_iters=train_iters, load_dir=layout.load_dir(), tokenizer=tokenizer,
-                        megatron=resolve_megatron(spec))
+                        megatron=megatron, features=megatron_features(spec, megatron))
 
     args = _model_args(params)
     args += ["--tokenizer-type", params.tokenizer.type, "--tokenizer-model", str(tokenizer)]
@@ -285,10 +329,12 @@ def resolve(spec: RunSpec, mode: str = "train", *, load: str | os.PathLike | Non
     args += ["--data-cache-path", str(layout.data_cache), "--split", params.data.split, "--seed", str(spec.seed)]
 
     if mode == "train":
-        args += ["--load", str(resolved.load_dir), "--save", str(layout.checkpoints)]
+        if resolved.load_dir is not None:
+            args += ["--load", str(resolved.load_dir), "--exit-on-missing-checkpoint"]
+        args += ["--save", str(layout.checkpoints)]
     else:
-        args += ["--load", str(Path(load).absolute() if load else layout.checkpoints)]
-    args += ["--exit-on-missing-checkpoint", "--ckpt-format", params.checkpoint.format]
+        args += ["--load", str(Path(load).absolute() if load else layout.checkpoints), "--exit-on-missing-checkpoint"]
+    args += ["--ckpt-format", params.checkpoint.format]
     if mode == "train":
         args += ["--save-interval", str(params.checkpoint.save_interval)]
     else:
@@ -308,7 +354,26 @@ def resolve(spec: RunSpec, mode: str = "train", *, load: str | os.PathLike | Non
     elif mode == "train":
         resolved.notes.append(WANDB_OFF if not spec.wandb_entity else
                               "wandb off: WANDB_ENTITY is set but WANDB_PROJECT is not")
+    args += _launch_args(resolved)
     args += list(params.extra_args)
     _check_values(args)
+    if resolved.features is not None:
+        unknown = resolved.features.unknown(args)
+        if unknown:
+            fail(f"Megatron-LM at {resolved.features.megatron_path} (core {resolved.features.core_version}) does not "
+                 f"know {len(unknown)} generated argument(s): {' '.join(unknown)} (from {params.path} and the run)")
     resolved.args = args
     return resolved
+
+
+def _launch_args(resolved: Resolved) -> list[str]:
+    """What depends on the Megatron generation: the attention selection and --use-mpi (megatron_features)."""
+    features, spec, params = resolved.features, resolved.spec, resolved.params
+    if features is None:
+        resolved.notes.append("attention and rank flags are decided at job start, from the Megatron-LM checkout "
+                              "(none to ask here: set MEGATRON_PATH or ENV_DIR, and TRAIN_PYTHON)")
+        return []
+    args, resolved.environment = attention_launch(features, params.implementation.attention_backend)
+    if spec.launcher == "mpi" and features.has_use_mpi:
+        args.append("--use-mpi")   # ranks from OMPI_COMM_WORLD_* (LLM-jp fork); else pbs/launch_env.sh maps them
+    return args

@@ -40,10 +40,9 @@ def probe(megatron_path: str) -> dict:
         from megatron.core.package_info import __version__ as version
     except ImportError:
         version = None
-    import megatron.training  # `megatron` itself is a namespace package (no __file__)
+    arguments = sys.modules["megatron.training.arguments"]   # `megatron` is a namespace package: no __file__
     return {"megatron_path": os.path.abspath(megatron_path), "core_version": version,
-            "imported_from": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-                megatron.training.__file__)))),
+            "imported_from": os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(arguments.__file__)))),
             "options": captured.get("options", [])}
 
 

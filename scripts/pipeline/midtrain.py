@@ -7,6 +7,7 @@ Run folder `$EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/`:
     checkpoints/      what this run saves (--save; --load once it holds a tracker)
     data_cache/       Megatron's dataset index cache (--data-cache-path)
     train_args.txt    the resolved Megatron arguments, one per line (what the last job ran)
+    train_env.txt     the job's environment changes for that Megatron (`export NAME VALUE` / `unset NAME`)
     train_args.json   the same with the derivation: tokens, iterations, start mechanism and why
     train-<jobid>.out / .err   Megatron's output of each job
 
@@ -44,6 +45,9 @@ from pipeline.provenance import provenance
 
 INIT_RECORD = "init.json"
 MECHANISM = "reset-counters"
+SCRATCH = "scratch"          # BASE_CKPT=scratch: random weights (a base trained by the pipeline itself)
+SCRATCH_WHY = ("make init BASE_CKPT=scratch: no start checkpoint; the run begins from random weights "
+               "(Megatron's initialisation with the run's --seed) and resumes from its own checkpoints once saved.")
 MECHANISM_WHY = (
     "Megatron resumes the iteration and consumed-sample counters stored in a checkpoint. Resuming the "
     "pretraining checkpoint as is would size the datasets for the whole pretraining length and skip the "
@@ -82,6 +86,10 @@ class RunLayout:
         return self.root / "train_args.txt"
 
     @property
+    def env_txt(self) -> Path:
+        return self.root / "train_env.txt"
+
+    @property
     def args_json(self) -> Path:
         return self.root / "train_args.json"
 
@@ -100,7 +108,12 @@ class RunLayout:
         return read_tracker(self.checkpoints) if self.has_own_checkpoint() else None
 
     def is_initialised(self) -> bool:
-        return self.init_record.is_file() and (self.start / TRACKER).is_file()
+        if not self.init_record.is_file():
+            return False
+        return (self.start / TRACKER).is_file() or self.starts_from_scratch()
+
+    def starts_from_scratch(self) -> bool:
+        return (self.init_info() or {}).get("mechanism") == SCRATCH
 
     def init_info(self) -> dict | None:
         if not self.init_record.is_file():
@@ -110,9 +123,12 @@ class RunLayout:
         except json.JSONDecodeError as exc:
             fail(f"{self.init_record}:{exc.lineno}: not valid JSON ({exc.msg}); re-run make init FORCE=1")
 
-    def load_dir(self) -> Path:
-        """Where Megatron loads from now: the run's own checkpoints once it saved, else the start."""
-        return self.checkpoints if self.has_own_checkpoint() else self.start
+    def load_dir(self) -> Path | None:
+        """Where Megatron loads from now: the run's own checkpoints once it saved, else the start (None for a
+        run from random weights)."""
+        if self.has_own_checkpoint():
+            return self.checkpoints
+        return None if self.starts_from_scratch() else self.start
 
 
 def reset_counters(state: dict) -> list[str]:
@@ -186,6 +202,33 @@ def _link_shards(source: Path, target: Path, rewritten: set[str]) -> list[str]:
     return linked
 
 
+def init_scratch(run: str | os.PathLike, *, force: bool = False) -> tuple[str, dict]:
+    """Mark the run as starting from random weights: start/init.json only (no checkpoint, no tracker)."""
+    layout = RunLayout(Path(run))
+    existing = layout.init_info()
+    if existing is not None and existing.get("mechanism") == SCRATCH:
+        return "unchanged", existing
+    if layout.start.exists() and not force:
+        fail(f"{layout.start}: already initialised from a checkpoint; FORCE=1 replaces it with a start from "
+             f"random weights")
+    if layout.has_own_checkpoint() and not force:
+        fail(f"{layout.checkpoints}: the run already saved checkpoints (iteration {layout.saved_iteration()}) and "
+             f"resumes from them; FORCE=1 re-initialises anyway")
+    record = provenance(mechanism=SCRATCH, why=SCRATCH_WHY, start_dir=str(layout.start), source=None)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    tmp = layout.root / f".start.tmp.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write_json(tmp / INIT_RECORD, record)
+    status = "replaced" if layout.start.exists() else "initialised"
+    if layout.start.exists():
+        old = layout.root / f".start.old.{os.getpid()}"
+        os.rename(layout.start, old)
+        shutil.rmtree(old)
+    os.rename(tmp, layout.start)
+    return status, record
+
+
 def init_run(run: str | os.PathLike, base: str | os.PathLike, iteration: int | None = None, *,
              force: bool = False, from_run: bool = False) -> tuple[str, dict]:
     """Build `<run>/start/` from the checkpoint `base` (see the module doc).
@@ -205,14 +248,14 @@ def init_run(run: str | os.PathLike, base: str | os.PathLike, iteration: int | N
     source = Path(os.path.realpath(ckpt.iter_dir))
     existing = layout.init_info()
     if existing is not None and layout.is_initialised():
-        same = existing.get("source", {}).get("iter_dir") == str(source) and \
-            existing.get("source", {}).get("iteration") == ckpt.iteration
+        same = (existing.get("source") or {}).get("iter_dir") == str(source) and \
+            (existing.get("source") or {}).get("iteration") == ckpt.iteration
         start_iter = layout.start / iteration_dir_name(ckpt.iteration)
         if same and any((start_iter / name).is_file() for name in (COMMON_PT, IN_SHARD_FILE)):
             return "unchanged", existing
         if not force:
-            fail(f"{layout.start}: already initialised from {existing.get('source', {}).get('iter_dir')} "
-                 f"(iteration {existing.get('source', {}).get('iteration')}); FORCE=1 replaces it")
+            fail(f"{layout.start}: already initialised from {(existing.get('source') or {}).get('iter_dir')} "
+                 f"(iteration {(existing.get('source') or {}).get('iteration')}); FORCE=1 replaces it")
     elif layout.start.exists() and not force:
         fail(f"{layout.start}: exists but is not a complete start (no {INIT_RECORD}); FORCE=1 rebuilds it")
     if layout.has_own_checkpoint() and not force:

@@ -26,6 +26,7 @@ NORMALIZATIONS = ("RMSNorm", "LayerNorm")
 ACTIVATIONS = ("swiglu", "gelu")
 PRECISIONS = ("bf16", "fp16", "fp32")
 TRANSFORMER_IMPLS = ("transformer_engine", "local")
+ATTENTION_BACKENDS = ("flash", "fused", "unfused", "auto")
 CKPT_FORMATS = ("torch_dist",)          # the midtraining start (make init) rewrites torch_dist checkpoints
 DATA_ARGS = ("inline", "file")          # --data-path w p ... | --data-args-path <file> (newer Megatron only)
 NOT_PARAMS = ("environment",)           # other YAML files living in params/
@@ -129,7 +130,8 @@ class Parallel:
 class Implementation:
     precision: str
     transformer_impl: str
-    use_flash_attn: bool
+    attention_backend: str           # flash | fused | unfused | auto (how the job asks for it: megatron_features)
+    fusions: bool                    # False: every optional fused kernel off (a GPU without TransformerEngine/apex)
     attention_softmax_in_fp32: bool
     masked_softmax_fusion: bool
     use_mcore_models: bool
@@ -320,14 +322,18 @@ def parse_train_params(name: str, path: Path, doc: object) -> TrainParams:
 
     imp = top.section("implementation")
     imp.check_keys(required={"precision", "transformer_impl"},
-                   optional={"use_flash_attn", "attention_softmax_in_fp32", "masked_softmax_fusion",
+                   optional={"attention_backend", "fusions", "attention_softmax_in_fp32", "masked_softmax_fusion",
                              "use_mcore_models"})
     implementation = Implementation(_choice(imp, "precision", PRECISIONS),
                                     _choice(imp, "transformer_impl", TRANSFORMER_IMPLS),
-                                    imp.get("use_flash_attn", bool, False),
+                                    _choice(imp, "attention_backend", ATTENTION_BACKENDS, "auto"),
+                                    imp.get("fusions", bool, True),
                                     imp.get("attention_softmax_in_fp32", bool, False),
                                     imp.get("masked_softmax_fusion", bool, True),
                                     imp.get("use_mcore_models", bool, False))
+    if implementation.transformer_impl == "local" and implementation.attention_backend != "auto":
+        fail(f"{imp.where('attention_backend')}: {implementation.attention_backend!r} selects a TransformerEngine "
+             f"kernel; transformer_impl local runs Megatron's own attention (use auto)")
 
     ck = top.section("checkpoint")
     ck.check_keys(required={"save_interval"}, optional={"format"})
