@@ -75,7 +75,7 @@ help: ## list the targets and the main knobs
 # ---------------------------------------------------------------------------------------------
 # Set-up and checks
 # ---------------------------------------------------------------------------------------------
-.PHONY: setup test lock
+.PHONY: setup test lint lock
 setup: $(VENV_STAMP) ## create .venv with the pinned requirements (idempotent)
 
 $(VENV_STAMP): $(REPO)/requirements.txt
@@ -85,6 +85,9 @@ $(VENV_STAMP): $(REPO)/requirements.txt
 
 test: $(VENV_STAMP) ## run the test suite (sets up .venv first when needed)
 	cd $(REPO) && $(PY) -m pytest $(PYTEST_ARGS) tests
+
+lint: $(VENV_STAMP) ## ruff on the Python, shellcheck on pbs/ and .ci/run (rules: pyproject.toml, .shellcheckrc)
+	cd $(REPO) && $(VENV)/bin/ruff check . && $(VENV)/bin/shellcheck pbs/*.pbs pbs/*.sh .ci/run
 
 lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the network)
 	rm -rf $(REPO)/.venv-lock && $(PYTHON) -m venv $(REPO)/.venv-lock
