@@ -76,7 +76,7 @@ help: ## list the targets and the main knobs
 # ---------------------------------------------------------------------------------------------
 # Set-up and checks
 # ---------------------------------------------------------------------------------------------
-.PHONY: setup test lock
+.PHONY: setup test lint lock
 setup: $(VENV_STAMP) ## create .venv with the pinned requirements (idempotent)
 
 $(VENV_STAMP): $(REPO)/requirements.txt
@@ -86,6 +86,9 @@ $(VENV_STAMP): $(REPO)/requirements.txt
 
 test: $(VENV_STAMP) ## run the test suite (sets up .venv first when needed)
 	cd $(REPO) && $(PY) -m pytest $(PYTEST_ARGS) tests
+
+lint: $(VENV_STAMP) ## ruff on the Python, shellcheck on pbs/ and .ci/run (rules: pyproject.toml, .shellcheckrc)
+	cd $(REPO) && $(VENV)/bin/ruff check . && $(VENV)/bin/shellcheck pbs/*.pbs pbs/*.sh .ci/run
 
 lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the network)
 	rm -rf $(REPO)/.venv-lock && $(PYTHON) -m venv $(REPO)/.venv-lock
@@ -98,17 +101,17 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 # every demo step runs locally on the sample; each line is one pipeline target
 DEMO_MAKE = $(MAKE) --no-print-directory EXP_DIR=$(DEMO_DIR) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
-	$(PY) $(REPO)/scripts/demo_data.py --output $(DEMO_DIR)/dolmino-mix-1124
+	$(PY) $(REPO)/demo/demo_data.py --output $(DEMO_DIR)/dolmino-mix-1124
 	$(DEMO_MAKE) extract merge
-	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/scripts/train_tokenizer.py --input $(DEMO_DIR)/dolmino-mix-1124-extracted-merged --output $(DEMO_DIR)/tokenizer/demo.model && )$(DEMO_MAKE) tokenize TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model)
+	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/demo/train_tokenizer.py --input $(DEMO_DIR)/dolmino-mix-1124-extracted-merged --output $(DEMO_DIR)/tokenizer/demo.model && )$(DEMO_MAKE) tokenize TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model)
 	$(DEMO_MAKE) count mix TASK=demo SIZE=demo PARAM=tiny
-	$(PY) $(REPO)/scripts/make_tiny_runs.py --exp-dir $(DEMO_DIR) --task demo --param tiny --size demo --seeds "1 2 3"
+	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(DEMO_DIR) --task demo --param tiny --size demo --seeds "1 2 3"
 	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" NAME=demo-soup MERGE_DIR=$(DEMO_DIR)/merge
 	$(DEMO_MAKE) status
 
 BENCH_ARGS ?=
 bench: $(VENV_STAMP) ## benchmarks, printed side by side with their references
-	cd $(REPO) && for bench in scripts/bench_*.py; do $(PY) "$$bench" $(BENCH_ARGS); done
+	cd $(REPO) && for bench in bench/bench_*.py; do $(PY) "$$bench" $(BENCH_ARGS); done
 
 status: $(VENV_STAMP) ## tables of the pipeline's stages, submitted jobs, training runs and soups
 	$(PY) $(REPO)/scripts/status.py --exp-dir $(EXP_DIR) --dataset $(DATASET) --tokenizer-name $(TOKENIZER_NAME) \

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by every pbs/ template right after `set -euo pipefail`:
 #   source "${REPO_DIR:?}/pbs/common.sh"; job_start VAR1 VAR2 ...
 # job_start checks the named inputs are set, tees all output into a per-job log under EXP_DIR,
@@ -28,7 +29,7 @@ job_start() {
         echo "input ${var}=${!var}"
     done
     trap '_job_end $?' EXIT
-    cd "${REPO_DIR}"
+    cd "${REPO_DIR}" || exit
 }
 
 _job_end() {

@@ -33,8 +33,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    run_merge(exp_dir(args.exp_dir), load_dataset(args.dataset), jobs=parse_jobs(args.jobs), validate=bool(args.validate),
-              on_bad_line=args.on_bad_line, show_progress=not args.no_progress)
+    run_merge(exp_dir(args.exp_dir), load_dataset(args.dataset), jobs=parse_jobs(args.jobs),
+              validate=bool(args.validate), on_bad_line=args.on_bad_line, show_progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
         print(report)
     state = f"wrote {', '.join(wrote)}" if wrote else "unchanged"
     print(f"mix {args.task} {args.size}: {mix.total:,} tokens in {len(mix.entries())} files, "
-          f"{record['iterations']:,} iteration{'s' * (record['iterations'] != 1)} -> {out_dir / (stem + '.sh')} ({state})")
+          f"{record['iterations']:,} iteration{'s' * (record['iterations'] != 1)} -> {out_dir / (stem + '.sh')} "
+          f"({state})")
 
 
 if __name__ == "__main__":

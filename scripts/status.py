@@ -53,7 +53,8 @@ def tree_size(folder: Path) -> tuple[int, int]:
 
 def stage_rows(exp: Path, dataset: str, tokenizer_name: str) -> list[tuple[str, str, str, str]]:
     stages = [("download", raw_dir(exp, dataset)), ("extract", extracted_dir(exp, dataset)),
-              ("merge", merged_dir(exp, dataset)), (f"tokenize-{tokenizer_name}", tokenized_dir(exp, dataset, tokenizer_name))]
+              ("merge", merged_dir(exp, dataset)),
+              (f"tokenize-{tokenizer_name}", tokenized_dir(exp, dataset, tokenizer_name))]
     rows = []
     for stage, folder in stages:
         sentinel = state_dir(exp, dataset, stage) / "done.json"

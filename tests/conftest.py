@@ -11,9 +11,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
+DEMO = REPO / "demo"
+BENCH = REPO / "bench"
 FAKEPBS = REPO / "tests" / "fakepbs"
 SHARED = REPO.parent / "shared"
-for path in (SCRIPTS, FAKEPBS):
+for path in (SCRIPTS, DEMO, FAKEPBS):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
@@ -82,9 +84,9 @@ def make(exp_dir):
 
 
 def run_script(name: str, *args: str, check: bool = True, env: dict | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run scripts/<name>.py with the test interpreter."""
-    cmd = [sys.executable, str(SCRIPTS / f"{name}.py"), *args]
+               timeout: float = 600, folder: Path = SCRIPTS) -> subprocess.CompletedProcess:
+    """Run <folder>/<name>.py (default: scripts/) with the test interpreter."""
+    cmd = [sys.executable, str(folder / f"{name}.py"), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
                             timeout=timeout)
     if check and result.returncode != 0:

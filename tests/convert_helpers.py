@@ -99,7 +99,8 @@ def hf_to_megatron(model, padded_vocab: int, seed: int = 1) -> dict[str, torch.T
         "decoder.layers.self_attention.linear_qkv.weight": stack(qkv),
         "decoder.layers.self_attention.linear_qkv.layer_norm_weight":
             stack(lambda i: sd[f"model.layers.{i}.input_layernorm.weight"]),
-        "decoder.layers.self_attention.linear_proj.weight": stack(lambda i: sd[f"model.layers.{i}.self_attn.o_proj.weight"]),
+        "decoder.layers.self_attention.linear_proj.weight":
+            stack(lambda i: sd[f"model.layers.{i}.self_attn.o_proj.weight"]),
         "decoder.layers.mlp.linear_fc1.weight": stack(lambda i: torch.cat(
             [sd[f"model.layers.{i}.mlp.gate_proj.weight"], sd[f"model.layers.{i}.mlp.up_proj.weight"]])),
         "decoder.layers.mlp.linear_fc1.layer_norm_weight":
@@ -304,7 +305,8 @@ import json, os, sys
 argv = sys.argv[1:]
 value = lambda flag: argv[argv.index(flag) + 1]
 with open(os.environ["FAKE_MEGATRON_RECORD"] + ".step2.json", "w") as handle:
-    json.dump({"argv": argv, "env": {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}},
+    json.dump({"argv": argv,
+               "env": {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}},
               handle)
 if os.environ.get("FAKE_STEP2") == "silent-failure":
     print("saver: something went wrong", file=sys.stderr)

@@ -67,7 +67,8 @@ for key in ("torchvision", "apex", "flash_attn", "transformer_engine", "megatron
         emit(key, **findings[key])
 if request.get("megatron"):
     path = os.path.join(request["megatron"], request["helper"]) + findings["python"]["ext_suffix"]
-    emit("megatron_helper_load", ok=os.path.isfile(path), path=path, error=None if os.path.isfile(path) else "not built")
+    emit("megatron_helper_load", ok=os.path.isfile(path), path=path,
+         error=None if os.path.isfile(path) else "not built")
 for path in request.get("tokenizers", []):
     if os.path.isfile(path):
         emit("tokenizer_load", path=path, ok=True, pieces=answers.get("pieces", 98452))

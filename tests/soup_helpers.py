@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from make_tiny_runs import make_tiny_model, tiny_tokenizer  # scripts/ is on sys.path (conftest)
+from make_tiny_runs import make_tiny_model, tiny_tokenizer  # demo/ is on sys.path (conftest)
 from pipeline.paths import run_dir
 from pipeline.soup import CHECKPOINTS_HF, iter_dir_name
 

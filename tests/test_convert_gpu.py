@@ -52,6 +52,7 @@ def test_megatron_forward_matches_converted_model(tmp_path, device):
     reference = saved["logits"][..., :arch["true_vocab"]]
     diff = (logits - reference).abs().max().item()
     print(f"\n[{device}] Megatron vs Hugging Face logits: max abs diff {diff:.3e} "
-          f"(logits up to {reference.abs().max().item():.2f}; {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'})")
+          f"(logits up to {reference.abs().max().item():.2f}; "
+          f"{torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'})")
     assert diff < TOLERANCE[device]
     assert torch.equal(logits.argmax(-1), reference.argmax(-1))

@@ -148,6 +148,7 @@ def test_pbs_submission_and_refusals(make, run, fake_pbs):
     refused = make("convert", *pbs, *[v for v in make_vars(run) if not v.startswith("HF_TOKENIZER_DIR")],
                    "ITER=99", check=False)
     assert refused.returncode != 0
-    assert "HF_TOKENIZER_DIR is not set" in refused.stderr and "iter_0000099: iteration folder missing" in refused.stderr
+    assert "HF_TOKENIZER_DIR is not set" in refused.stderr
+    assert "iter_0000099: iteration folder missing" in refused.stderr
     assert "MEGATRON_PATH" in refused.stderr
     assert len(fake_pbs.submissions()) == 1, "nothing submitted"

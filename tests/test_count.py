@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_script
+from conftest import BENCH, run_script
 from mix_helpers import DEMO_FILES, make_tokenized, write_index, write_task
 from pipeline.datalist import read_list
 from pipeline.errors import PipelineError
@@ -168,6 +168,6 @@ def test_make_count_on_the_demo_task(make, exp_dir, tmp_path):
 
 def test_bench_count_runs_and_agrees(tmp_path):
     out = run_script("bench_count", "--files", "30", "--sequences", "50", "--repeat", "1", "--no-megatron",
-                     "--workdir", str(tmp_path)).stdout
+                     "--workdir", str(tmp_path), folder=BENCH).stdout
     assert "ours: count_task" in out and "bytes/4 off by" in out
     assert list(tmp_path.iterdir()) == []  # its temporary tree is gone

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, run_script
 
-PIPELINE_TARGETS = ("setup test demo bench status download extract merge tokenize count mix args init train "
+PIPELINE_TARGETS = ("setup test lint demo bench status download extract merge tokenize count mix args init train "
                     "train-seeds chain convert soup-config soup env env-check report").split()
 
 

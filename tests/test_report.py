@@ -245,6 +245,6 @@ def test_jobs_are_ordered_by_their_timestamps_when_job_ids_wrap_around():
         (10, "9999999.pbs1", 2.0), (20, "12.pbs1", 1.5), (30, "12.pbs1", 1.4)]
     assert (run.restarts, run.relogged) == (1, 2)
     # without timestamps the given (natural job id) order stands
-    plain = [parse_lines([l.split("] ", 1)[1] for l in job_lines], job) for job, job_lines in
+    plain = [parse_lines([text.split("] ", 1)[1] for text in job_lines], job) for job, job_lines in
              (("1.x", [line(10, 1.0, 1.0, 2.0)]), ("2.x", [line(10, 1.0, 1.0, 3.0)]))]
     assert [r.job for r in merge_jobs(plain).records] == ["2.x"]

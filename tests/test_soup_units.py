@@ -34,7 +34,8 @@ def test_checkpoint_choice(tmp_path):
             (folder / "config.json").write_text("{}")
     assert resolve_checkpoint(run, None).name == "iter_0000020"
     assert resolve_checkpoint(run, 5).name == "iter_0000005"
-    with pytest.raises(PipelineError, match=r"iter_0000030: converted checkpoint not found \(iterations present: 5, 20\)"):
+    with pytest.raises(PipelineError,
+                       match=r"iter_0000030: converted checkpoint not found \(iterations present: 5, 20\)"):
         resolve_checkpoint(run, 30)
     with pytest.raises(PipelineError, match="no converted checkpoint"):
         resolve_checkpoint(tmp_path / "seed2", None)

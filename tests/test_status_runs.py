@@ -48,9 +48,10 @@ def test_status_lists_runs_and_soups(make, exp_dir):
     out = make("status").stdout
     assert re.search(r"^download\s+missing", out, re.M), "the stage table is still there"
     assert "none submitted" in out
-    assert re.search(r"^v4-test/tiny/50B/seed42\s+150/200 \(75%\)\s+iter 150 \(2 saved\)\s+2: 100, 150 \(\+1 incomplete\)\s+2\s+"
-                     r"train-101\.pbs1\.out", out, re.M), out
-    assert re.search(r"^v4-test/tiny/50B/seed666\s+no iteration yet\s+start only \(init from iter 432581\)\s+-\s+1\s", out, re.M), out
+    assert re.search(r"^v4-test/tiny/50B/seed42\s+150/200 \(75%\)\s+iter 150 \(2 saved\)\s+"
+                     r"2: 100, 150 \(\+1 incomplete\)\s+2\s+train-101\.pbs1\.out", out, re.M), out
+    assert re.search(r"^v4-test/tiny/50B/seed666\s+no iteration yet\s+start only \(init from iter 432581\)\s+-\s+1\s",
+                     out, re.M), out
     assert re.search(r"^v4-test/tiny/50B/seed7\s+not started\s+iter 200\? \(no latest_checkpointed_iteration"
                      r"\.txt\)\s+-\s+0\s+-$", out, re.M), out
     assert re.search(r"^avg-3\s+done\s+3 models, linear, bfloat16", out, re.M), out

@@ -1,4 +1,4 @@
-"""scripts/tokenize.py: byte-identical to Megatron (megatron-core's builder as the oracle), every input
+"""scripts/tokenize_file.py: byte-identical to Megatron (megatron-core's builder as the oracle), every input
 format, bad input, crashes and kills."""
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def tokenize(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    return run_script("tokenize", *args, "--quiet", check=check, **kwargs)
+    return run_script("tokenize_file", *args, "--quiet", check=check, **kwargs)
 
 
 def common(model: Path, kind: str = "Llama2Tokenizer") -> list[str]:
@@ -313,7 +313,7 @@ def test_sigkill_midway_then_rerun_is_byte_identical(tmp_path, sp_model, kill):
     tokenize("--input", str(path), "--output-prefix", str(reference), *common(sp_model), "--append-eod",
              "--workers", "2")
     out = tmp_path / "out" / "big"
-    cmd = [sys.executable, str(SCRIPTS / "tokenize.py"), "--input", str(path), "--output-prefix", str(out),
+    cmd = [sys.executable, str(SCRIPTS / "tokenize_file.py"), "--input", str(path), "--output-prefix", str(out),
            *common(sp_model), "--append-eod", "--workers", "1", "--chunk-bytes", "20000", "--quiet"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

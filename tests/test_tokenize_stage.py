@@ -71,15 +71,17 @@ def test_tokenize_before_merge_says_so(make, model):
 
 
 def test_demo_tokenizer_training_is_deterministic_and_skipped_when_up_to_date(tmp_path):
-    from conftest import run_script
+    from conftest import DEMO, run_script
     texts = corpus_texts(seed=2)[:120]
     data = write_jsonl(tmp_path / "merged" / "a.jsonl", texts)
     first = tmp_path / "one" / "demo.model"
-    run_script("train_tokenizer", "--input", str(data.parent), "--output", str(first), "--vocab-size", "300")
-    again = run_script("train_tokenizer", "--input", str(data.parent), "--output", str(first), "--vocab-size", "300")
+    run_script("train_tokenizer", "--input", str(data.parent), "--output", str(first), "--vocab-size", "300",
+               folder=DEMO)
+    again = run_script("train_tokenizer", "--input", str(data.parent), "--output", str(first), "--vocab-size", "300",
+                       folder=DEMO)
     assert "up to date" in again.stdout
     second = tmp_path / "two" / "demo.model"
-    run_script("train_tokenizer", "--input", str(data), "--output", str(second), "--vocab-size", "300")
+    run_script("train_tokenizer", "--input", str(data), "--output", str(second), "--vocab-size", "300", folder=DEMO)
     assert first.read_bytes() == second.read_bytes()
 
 

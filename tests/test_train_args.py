@@ -153,7 +153,8 @@ def test_convert_mode(tmp_path, small_list):
     args = resolve(spec(tmp_path, small_list, wandb_project="p"), "convert", load=tmp_path / "tmpload",
                    convert_save=tmp_path / "torch").args
     assert value(args, "--load") == str(tmp_path / "tmpload") and "--save" not in args
-    assert value(args, "--ckpt-convert-format") == "torch" and value(args, "--ckpt-convert-save") == str(tmp_path / "torch")
+    assert value(args, "--ckpt-convert-format") == "torch"
+    assert value(args, "--ckpt-convert-save") == str(tmp_path / "torch")
     assert not any(a.startswith("--wandb") for a in args) and value(args, "--num-layers") == "32"
 
 

@@ -138,7 +138,8 @@ def fake_mpirun(bin_dir: Path) -> Path:
                 "NVTE_UNFUSED_ATTN", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "FROM_ACTIVATE")
         with open(os.environ["FAKE_MPIRUN_RECORD"], "w") as handle:
             json.dump({"argv": sys.argv[1:], "cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in keys}}, handle)
-        print(" [2026-01-01 00:00:00] iteration        1/       4 | consumed samples:            8 | lm loss: 9.9E+00 |")
+        print(" [2026-01-01 00:00:00] iteration        1/       4 | consumed samples:            8 | "
+              "lm loss: 9.9E+00 |")
         print("fake megatron warning", file=sys.stderr)
         sys.exit(int(os.environ.get("FAKE_MPIRUN_STATUS", "0")))
         """))

@@ -451,7 +451,8 @@ def share_weights(files: list[FileTokens], shares: dict[str, Fraction], total: i
     exact_w = {}
     for f in files:
         available = by_source[f.source]
-        exact_w[f.prefix] = (Fraction(total) * shares[f.source] / norm * f.tokens / available) if available else Fraction(0)
+        exact_w[f.prefix] = ((Fraction(total) * shares[f.source] / norm * f.tokens / available) if available
+                             else Fraction(0))
     weights = {p: math.floor(w) for p, w in exact_w.items()}
     short = total - sum(weights.values())
     order = sorted(exact_w, key=lambda p: (-(exact_w[p] - weights[p]), p))
@@ -661,7 +662,8 @@ def summary(mix: Mixture, seq_length: int, global_batch_size: int, param: str) -
     total = mix.total
     return {
         "task": mix.task, "size": mix.size, "kind": mix.kind, "parts": mix.parts,
-        "all_lists": {task: {"path": shown_path(path), "sha256": sha256_file(path)} for task, path in mix.lists.items()},
+        "all_lists": {task: {"path": shown_path(path), "sha256": sha256_file(path)}
+                      for task, path in mix.lists.items()},
         "total_tokens": total, "files": len(mix.entries()),
         "param": param, "seq_length": seq_length, "global_batch_size": global_batch_size,
         "iterations": iterations(total, seq_length, global_batch_size),

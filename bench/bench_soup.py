@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent / "demo")]  # pipeline/, and make_tiny_runs.py
 
 from make_tiny_runs import make_tiny_model, tiny_tokenizer  # noqa: E402
 from pipeline.errors import fail, run_main  # noqa: E402

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Tokenize a JSONL (.jsonl, .jsonl.gz, .jsonl.zst) or parquet file into Megatron .bin/.idx files.
+"""Tokenize one file into Megatron .bin/.idx: a drop-in for Megatron-LM's tools/preprocess_data.py, same flags.
 
-A drop-in for the common use of Megatron-LM's tools/preprocess_data.py, with the same documents
+Covers that tool's common use (.jsonl, .jsonl.gz, .jsonl.zst or .parquet in), with the same documents
 byte for byte (see scripts/pipeline/tokenization.py for the exact layout), but parallel within the
 file in input order, bounded in memory, loud on bad input and never leaving a half-written pair:
 
-    tokenize.py --input merged/flan-all.jsonl --output-prefix out/flan-all \\
+    tokenize_file.py --input merged/flan-all.jsonl --output-prefix out/flan-all \\
         --tokenizer-type Llama2Tokenizer --tokenizer-model llm-jp-tokenizer-100k.ver3.1.model \\
         --append-eod --workers 16
     -> out/flan-all_text_document.bin/.idx and out/flan-all_text_document.provenance.json
@@ -13,33 +13,14 @@ file in input order, bounded in memory, loud on bad input and never leaving a ha
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-
-def _use_stdlib_tokenize() -> None:
-    """This file shadows the standard library's `tokenize` (which inspect, linecache and numpy import)
-    in any process with scripts/ first on sys.path. Import the real module now, from the path without
-    this folder, so later imports get it; and when this file itself is being imported under that name,
-    hand the real module to the importer (the import system returns sys.modules["tokenize"]). Nothing
-    else runs at import time here: the pipeline modules are imported inside the functions below."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    if getattr(sys.modules.get("tokenize"), "__file__", None) == os.path.abspath(__file__):
-        del sys.modules["tokenize"]
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
-    try:
-        import tokenize  # noqa: F401  (the standard library's)
-    finally:
-        sys.path[:] = saved
-
-
-_use_stdlib_tokenize()
+from pipeline.errors import fail, run_main
+from pipeline.tokenization import (DEFAULT_CHUNK_BYTES, ON_BAD, TOKENIZER_TYPES, TokenizerSpec, build_engine,
+                                   default_workers, run_one_file)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from pipeline.tokenization import DEFAULT_CHUNK_BYTES, ON_BAD, TOKENIZER_TYPES
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="input file: .jsonl/.json, .gz or .zst of those, or .parquet")
@@ -77,9 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.errors import fail
-    from pipeline.tokenization import TokenizerSpec, build_engine, default_workers, run_one_file
-
     args = parse_args(argv)
     spec = TokenizerSpec(type=args.tokenizer_type, model=args.tokenizer_model, bos=not args.no_bos,
                          append_eod=args.append_eod)
@@ -98,5 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.errors import run_main
     run_main(main)

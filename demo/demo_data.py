@@ -7,8 +7,10 @@ keeping their timestamps lets later steps see they are unchanged).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.atomic import write_json
 from pipeline.config import load_yaml
 from pipeline.errors import run_main
@@ -40,7 +42,7 @@ def main() -> None:
     # (its sentinel check wants the hub repo and revision) and would fetch everything
     size = sum((output / f.path).stat().st_size for f in sample.files)
     write_json(state_dir(output.parent, output.name, "download") / "done.json",
-               {"source": "generated sample (scripts/demo_data.py), not downloaded", "files": len(sample.files),
+               {"source": "generated sample (demo/demo_data.py), not downloaded", "files": len(sample.files),
                 "bytes": size, "revision": "sample"})
     print(f"sample: {len(sample.files)} files, {sample.documents} documents "
           f"({sample.training_documents} outside the gsm8k test split) under {output}")

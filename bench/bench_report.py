@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 
 from pipeline.errors import run_main  # noqa: E402
 from pipeline.megatron_log import last_iteration, parse_file  # noqa: E402

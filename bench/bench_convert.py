@@ -104,7 +104,7 @@ def peak_rss_bytes() -> int:
 
 def child(mode: str, ckpt: Path, out: Path, vocab: int) -> None:
     """One measurement in this process (imports done before the clock starts); prints seconds and peak RSS."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
     import torch
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file

@@ -10,8 +10,10 @@ so the same tree gives the same model). A re-run with the same inputs and settin
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.atomic import write_json
 from pipeline.config import load_yaml
 from pipeline.errors import fail, run_main

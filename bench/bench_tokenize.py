@@ -8,7 +8,7 @@ One run, one corpus, the same cores for every figure:
 - raw SentencePiece: the texts already in memory (freshly parsed str objects, as any caller has),
   `sp.encode` in one process (per text and batched, the faster counts), then the same split over N
   forked processes: the all-cores limit.
-- ours: scripts/tokenize.py --workers N on the JSONL file, end to end (start-up, reading, JSON,
+- ours: scripts/tokenize_file.py --workers N on the JSONL file, end to end (start-up, reading, JSON,
   writing .bin/.idx), with the peak memory of all its processes (PSS sum, RSS sum).
 - Megatron: $MEGATRON_PATH/tools/preprocess_data.py --workers N on the same file (outputs compared
   byte for byte with ours); "not run" when MEGATRON_PATH is unset.
@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.errors import fail, run_main
 from pipeline.paths import REPO_DIR
 
@@ -280,7 +281,7 @@ def measure(args: argparse.Namespace, work: Path, corpus: Path, model: str) -> t
         return [json.loads(line)["text"] for line in lines]
 
     texts = fresh_texts()
-    tokenize_py = str(REPO_DIR / "scripts" / "tokenize.py")
+    tokenize_py = str(REPO_DIR / "scripts" / "tokenize_file.py")
     results = Results()
     reference: Path | None = None
     expected_tokens = None
@@ -373,7 +374,7 @@ def report(args, corpus_info: dict, model: str, real: bool, results: Results, ex
         rows.append(("raw SentencePiece, forked processes = LIMIT", str(workers), f"{seconds:.2f}",
                      f"{tokens / seconds:,.0f}", f"{input_mb / seconds:.1f}", "1.00",
                      f"{results.raw_cpu[workers]:.2f}", ""))
-    for label, table in (("ours: scripts/tokenize.py", results.ours),
+    for label, table in (("ours: scripts/tokenize_file.py", results.ours),
                          ("Megatron tools/preprocess_data.py", results.megatron)):
         for workers, run in sorted(table.items()):
             if run.error:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.errors import fail, run_main
 from pipeline.paths import exp_dir, run_dir
 from pipeline.soup import CHECKPOINTS_HF, DTYPES, iter_dir_name

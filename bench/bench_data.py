@@ -8,8 +8,8 @@ commands get the same fsync), best of --repeat runs, interleaved. The corpus is 
 Dolma documents in ../shared/samples/dolma-cc when present (their vocabulary, shuffled into new
 documents), else from generated text.
 
-    .venv/bin/python scripts/bench_data.py                 # ~1-3 minutes on 2 cores
-    .venv/bin/python scripts/bench_data.py --size-mb 2048 --files 8 --repeat 5
+    .venv/bin/python bench/bench_data.py                 # ~1-3 minutes on 2 cores
+    .venv/bin/python bench/bench_data.py --size-mb 2048 --files 8 --repeat 5
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import zstandard
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.atomic import atomic_output
 from pipeline.datasets import load_dataset
 from pipeline.errors import run_main
