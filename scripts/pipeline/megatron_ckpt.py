@@ -390,7 +390,8 @@ def write_in_shard_state(source_dir: Path, target_dir: Path, found: InShardState
     return [IN_SHARD_FILE, DCP_METADATA]
 
 
-def rewrite_common_state(source_dir: str | os.PathLike, target_dir: str | os.PathLike, state: dict) -> tuple[str, list[str]]:
+def rewrite_common_state(source_dir: str | os.PathLike, target_dir: str | os.PathLike,
+                         state: dict) -> tuple[str, list[str]]:
     """Write `state` into `target_dir` in the layout `source_dir` uses; returns (layout, files written)."""
     source_dir, target_dir = Path(source_dir), Path(target_dir)
     layout = common_state_layout(source_dir)

@@ -38,8 +38,8 @@ from typing import Any
 
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
-from pipeline.megatron_ckpt import (COMMON_PT, DCP_METADATA, IN_SHARD_FILE, LAYOUT_LEGACY, TRACKER, Checkpoint, check_complete,
-                                    common_state_layout, common_state_summary, iteration_dir_name,
+from pipeline.megatron_ckpt import (COMMON_PT, DCP_METADATA, IN_SHARD_FILE, LAYOUT_LEGACY, TRACKER, Checkpoint,
+                                    check_complete, common_state_layout, common_state_summary, iteration_dir_name,
                                     load_common_state, read_tracker, resolve_checkpoint, rewrite_common_state)
 from pipeline.provenance import provenance
 
