@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # hosts, num_nodes, num_gpus, launcher and launch are read by the templates
 # Sourced by pbs/train.pbs and pbs/convert.pbs after pbs/common.sh: the training environment and the
 # launch of one Megatron-LM program on every GPU of the job's nodes.
 #   megatron_environment            ENV_DIR's activate.sh, MEGATRON_PATH (the knob wins), TRAIN_PYTHON
