@@ -51,8 +51,12 @@ override EXP_DIR := $(abspath $(EXP_DIR))
 override DEMO_DIR := $(abspath $(DEMO_DIR))
 
 VENV := $(REPO)/.venv
-PY := $(VENV)/bin/python
-VENV_STAMP := $(VENV)/.installed
+# PIPELINE_PYTHON: run the pipeline's own scripts with this interpreter (its packages already installed, e.g. on
+# a GPU machine without network) instead of creating .venv; the local jobs inherit it
+PIPELINE_PYTHON ?=
+PY := $(or $(PIPELINE_PYTHON),$(VENV)/bin/python)
+VENV_STAMP := $(if $(PIPELINE_PYTHON),,$(VENV)/.installed)
+export PIPELINE_PYTHON
 
 # One submission mechanism for every job: scripts/submit.py runs a pbs/ template here or with qsub.
 SUBMIT = $(PY) $(REPO)/scripts/submit.py --scheduler $(SCHEDULER) --exp-dir $(EXP_DIR) \
@@ -97,7 +101,7 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 	  $(REPO)/.venv-lock/bin/pip freeze | sed -E 's/^(torch==[0-9.]+)\+cpu$$/\1/'; } > $(REPO)/requirements.txt
 	rm -rf $(REPO)/.venv-lock
 
-.PHONY: demo bench status
+.PHONY: demo bench status gpu-check
 # every demo step runs locally on the sample; each line is one pipeline target
 DEMO_MAKE = $(MAKE) --no-print-directory EXP_DIR=$(DEMO_DIR) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
@@ -108,6 +112,15 @@ demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped samp
 	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(DEMO_DIR) --task demo --param tiny --size demo --seeds "1 2 3"
 	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" NAME=demo-soup MERGE_DIR=$(DEMO_DIR)/merge
 	$(DEMO_MAKE) status
+
+# gpu-check: on a machine with a GPU; MEGATRON_PATH (or ENV_DIR), TOKENIZER_MODEL (default: trained on the sample),
+# TRAIN_PYTHON (default: ENV_DIR's venv python, else python3); GPU_CHECK_DIR is emptied and rewritten
+GPU_CHECK_DIR ?= $(EXP_DIR)/gpu-check
+gpu-check: $(VENV_STAMP) ## the training half for real on this machine's GPU: one row per check (minutes)
+	@test -n '$(or $(MEGATRON_PATH),$(ENV_DIR))' || { echo "make gpu-check: set MEGATRON_PATH=<Megatron-LM checkout> (or ENV_DIR)" >&2; exit 2; }
+	$(PY) $(REPO)/tests/gpu/gpu_check.py --megatron-path '$(abspath $(or $(MEGATRON_PATH),$(ENV_DIR)/src/Megatron-LM))' \
+		--work-dir '$(abspath $(GPU_CHECK_DIR))' --tokenizer-model '$(if $(TOKENIZER_MODEL),$(abspath $(TOKENIZER_MODEL)))' \
+		--train-python '$(TRAIN_PYTHON)' --env-dir '$(if $(ENV_DIR),$(abspath $(ENV_DIR)))' --json '$(abspath $(GPU_CHECK_DIR)).json'
 
 BENCH_ARGS ?=
 bench: $(VENV_STAMP) ## benchmarks, printed side by side with their references

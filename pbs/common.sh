@@ -7,7 +7,7 @@
 : "${REPO_DIR:?REPO_DIR (the repository checkout) must be passed with -v}"
 : "${EXP_DIR:?EXP_DIR must be passed with -v}"
 
-PY="${PY:-${REPO_DIR}/.venv/bin/python}"
+PY="${PY:-${PIPELINE_PYTHON:-${REPO_DIR}/.venv/bin/python}}"
 export PYTHONUNBUFFERED=1
 
 job_start() {

@@ -91,6 +91,8 @@ def init_problems(layout: RunLayout, spec: RunSpec) -> list[str]:
     if not layout.is_initialised():
         return [f"{layout.root}: not initialised; run make init TASK={spec.task} PARAM={spec.param} "
                 f"SIZE={spec.size} SEED={spec.seed} BASE_CKPT=<checkpoints> first (or use make chain)"]
+    if layout.starts_from_scratch():
+        return []
     iteration = read_tracker(layout.start)
     iter_dir = layout.start / f"iter_{iteration:07d}" if isinstance(iteration, int) else layout.start / "release"
     dangling = [p.name for p in iter_dir.iterdir() if p.is_symlink() and not p.exists()] if iter_dir.is_dir() else []

@@ -521,7 +521,8 @@ def tokenizer_files(folder: Path) -> list[Path]:
 
 
 def llama_config(spec: LlamaSpec, vocab_size: int, dtype: torch.dtype, tokenizer: TokenizerInfo) -> dict:
-    """config.json of the converted model; readable by transformers 4.x (rope_theta) and 5.x (rope_parameters)."""
+    """config.json of the converted model; readable by transformers 4.x (rope_theta) and 5.x (rope_parameters).
+    Its architecture (pipeline.llama_arch) is what the soup compares; the check below keeps the two one."""
     dtype_name = CONFIG_DTYPE_NAMES[dtype]
     return {
         "architectures": ["LlamaForCausalLM"],

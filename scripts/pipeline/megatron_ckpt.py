@@ -447,6 +447,10 @@ def common_state_summary(state: dict) -> dict:
     scheduler = state.get("opt_param_scheduler") or {}
     optimizer = state.get("optimizer")
     common_step = _find_key(optimizer, "common_step")
+    if hasattr(common_step, "item") and getattr(common_step, "ndim", 1) == 0:
+        common_step = common_step.item()   # torch's Adam keeps its step as a 0-d tensor
+    if isinstance(common_step, float) and common_step.is_integer():
+        common_step = int(common_step)
     return {
         "iteration": state.get("iteration"),  # args.iteration may be 0: the top-level key is the truth
         "checkpoint_version": state.get("checkpoint_version"),

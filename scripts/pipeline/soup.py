@@ -35,6 +35,7 @@ import yaml
 
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
+from pipeline.llama_arch import architecture_differences
 from pipeline.progress import progress
 from pipeline.provenance import provenance, sha256_file
 
@@ -54,9 +55,6 @@ COPIED_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "t
                           "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 # compared between ingredients (they must agree, whichever one mergekit takes the tokenizer from)
 TOKENIZER_FILES = COPIED_TOKENIZER_FILES + ("vocab.json",)
-# config.json keys that may differ between checkpoints of one architecture
-CONFIG_IGNORED = frozenset({"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
-                            "_commit_hash", "output_attentions", "output_hidden_states"})
 # safetensors dtype codes -> torch dtype names
 ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
@@ -280,11 +278,6 @@ def load_checkpoint(path: Path, role: str = "ingredient") -> Checkpoint:
     return Checkpoint(path, config, tensors, sizes)
 
 
-def config_differences(a: dict, b: dict) -> list[str]:
-    keys = sorted((set(a) | set(b)) - CONFIG_IGNORED)
-    return [f"{k}: {a.get(k, '<absent>')!r} vs {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
-
-
 def tokenizer_digests(path: Path) -> dict[str, str]:
     return {name: sha256_file(path / name) for name in TOKENIZER_FILES if (path / name).is_file()}
 
@@ -294,7 +287,7 @@ def check_compatible(checkpoints: list[Checkpoint]) -> None:
     first = checkpoints[0]
     first_tok = tokenizer_digests(first.path)
     for other in checkpoints[1:]:
-        diffs = config_differences(first.config, other.config)
+        diffs = architecture_differences(first.config, other.config)
         if diffs:
             fail(f"{other.path}: architecture differs from {first.path} in config.json ({'; '.join(diffs[:4])})")
         missing = sorted(set(first.tensors) - set(other.tensors))
@@ -601,7 +594,7 @@ def verify_soup(out: Path, plan: MergePlan, ingredients: list[Checkpoint], mode:
     summary: dict[str, Any] = {"mode": mode, "method": plan.method}
 
     # config.json: the ingredients' architecture, the requested dtype
-    diffs = config_differences(donor.config, merged.config)
+    diffs = architecture_differences(donor.config, merged.config)
     if diffs:
         fail(f"{out / 'config.json'}: differs from the ingredients' architecture ({'; '.join(diffs[:4])})")
     merge_dtype_name = plan.data.get("dtype")
