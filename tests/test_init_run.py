@@ -134,19 +134,6 @@ def test_curriculum_starts_from_the_earlier_stage_final_checkpoint(pretrained, t
     assert other_seed.returncode != 0 and "seed7: not found" in other_seed.stderr
 
 
-def test_newer_layout_with_common_state_in_the_shards(tmp_path_factory, tmp_path):
-    source = pretrained_checkpoint(tmp_path_factory, common_in_shards=True)
-    assert not (source / "iter_0000030" / "common.pt").exists()
-    status, record = init_run(run_of(tmp_path), source)
-    start_iter = run_of(tmp_path) / "start" / "iter_0000030"
-    # the same layout as the source: a rewritten common-state entry, no legacy common.pt
-    assert status == "initialised" and not (start_iter / "common.pt").exists()
-    assert record["common_state_layout"] == "in-shard" and (start_iter / "common_state.distcp").is_file()
-    assert not (start_iter / ".metadata").is_symlink()
-    assert load_common_state(start_iter)["iteration"] == 0
-    assert load_common_state(source / "iter_0000030")["iteration"] == PRETRAIN_ITER
-
-
 def test_torch_format_and_release_are_refused(tmp_path):
     folder = tmp_path / "ck" / "iter_0000005" / "mp_rank_00"
     folder.mkdir(parents=True)
