@@ -23,7 +23,8 @@ ITER, BASE_ITERS, BATCH = 50, 296, 8
 @pytest.fixture
 def source(tmp_path) -> Path:
     """A copy of seed 1's checkpoints folder (init links to it; the test data stays untouched)."""
-    return Path(shutil.copytree(DATA / "mid-seed1", tmp_path / "source", ignore=shutil.ignore_patterns("train_args.json")))
+    return Path(shutil.copytree(DATA / "mid-seed1", tmp_path / "source",
+                                ignore=shutil.ignore_patterns("train_args.json")))
 
 
 def test_ckpt_info_reads_the_in_shard_common_state(make, source):
