@@ -160,15 +160,15 @@ def test_validation_reports_bad_lines_as_file_and_line(tmp_path):
     failed = merge(exp, "--validate", "1", dataset=str(description), check=False)
     assert failed.returncode != 0
     first_bad = exp / "messy-extracted" / "data" / "a" / "1.jsonl"
-    assert f"{first_bad}:5: 'text' is a int, not a string" in failed.stderr
+    assert f"{first_bad}:5: key 'text' holds int, not a string" in failed.stderr
     assert out.read_bytes().startswith(b'{"text": "one"}'), "the earlier output is kept, not half-rewritten"
     skipped = merge(exp, "--validate", "1", "--on-bad-line", "skip", dataset=str(description))
     assert re.search(r"a-all\.jsonl\s+2\s+4\s+\S+ B\s+2\s+3\s+new", skipped.stdout)
     assert out.read_bytes() == b'{"text": "one"}\n{"text": "two"}\n{"text": "end"}\n{"text": "three"}\n'
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
     assert meta["bad_lines_skipped"] == 3 and meta["blank_lines_dropped"] == 2
-    assert meta["bad_line_examples"][1] == f"{first_bad}:6: invalid JSON (Expecting value: line 1 column 1 (char 0))"
-    assert meta["bad_line_examples"][2].endswith("2.jsonl:2: not a JSON object (a list)")
+    assert meta["bad_line_examples"][1] == f"{first_bad}:6: invalid JSON: Expecting value: line 1 column 1 (char 0)"
+    assert meta["bad_line_examples"][2].endswith("2.jsonl:2: expected a JSON object, got list")
 
 
 @pytest.mark.parametrize("validate", ["0", "1"])

@@ -313,14 +313,38 @@ def extracted_name(path: str) -> str:
 
 
 def scan_tree(root: Path) -> list[str]:
-    """Relative paths (with '/') of the files below `root`, hidden files and folders skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if not name.startswith("."):
-                found.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    """Relative paths (with '/') of the files below `root`, hidden files and folders skipped, sorted.
+
+    Symlinked folders are followed (the usual way to keep part of the data on another disk). A link
+    back to a folder already read (a loop, or the same data under two names), a link to nothing and
+    anything that is neither file nor folder fail naming the path: files are never silently left out
+    or read twice.
+    """
+    found: list[str] = []
+    seen: dict[tuple[int, int], str] = {}
+
+    def walk(folder: Path, rel: str) -> None:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            fail(f"{folder}: a symbolic link to {os.path.realpath(folder)}, which this tree already holds as "
+                 f"{root / seen[info.st_dev, info.st_ino]} (a loop, or the same files twice); remove the link")
+        seen[info.st_dev, info.st_ino] = rel or "."
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda e: e.name)
+        for entry in ordered:
+            if entry.name.startswith("."):
+                continue
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir():          # follows symbolic links
+                walk(Path(entry.path), path)
+            elif entry.is_file():
+                found.append(path)
+            elif entry.is_symlink():
+                fail(f"{entry.path}: a symbolic link to {os.readlink(entry.path)}, which does not exist")
+            else:
+                fail(f"{entry.path}: neither a file nor a folder")
+
+    walk(root, "")
     return sorted(found)
 
 

@@ -21,6 +21,7 @@ from pipeline.errors import fail
 from pipeline.paths import raw_dir, state_dir
 from pipeline.progress import progress
 from pipeline.provenance import provenance, sha256_file
+from pipeline.units import human
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 HASH_BLOCK = 1 << 20
@@ -119,14 +120,6 @@ def _sentinel_still_valid(sentinel: Path, manifest: Path, raw: Path, wanted: dic
         if not local.is_file() or local.stat().st_size != entry["size"]:
             return False
     return True
-
-
-def human(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} PB"
 
 
 def run_download(exp: Path, dataset: Dataset, include: str = "", hashes: bool = False, workers: int = 8,
