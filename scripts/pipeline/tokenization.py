@@ -49,6 +49,7 @@ import numpy as np
 from pipeline.errors import PipelineError, fail
 from pipeline.indexed import IndexedDatasetWriter, data_path, index_path, optimal_dtype
 from pipeline.lines import BAD_KINDS, BadLine, check_encodable, fast_loads, std_loads, texts_of
+from pipeline.scheduler import die_with_parent
 
 TOKENIZER_TYPES = ("Llama2Tokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer")
 ON_BAD = ("error", "skip")
@@ -515,16 +516,6 @@ class InputReader:
 _WORKER_ENGINE: Engine | None = None
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies (no orphans if the parent is killed)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 _RANGE_FDS: dict[str, int] = {}
 
 
@@ -543,7 +534,7 @@ def _read_range(path: str, start: int, end: int) -> bytes:
 
 
 def _worker_main(keys: tuple[str, ...], on_bad: str, tasks, results, parent_pid: int) -> None:
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)   # no orphan workers if the parent is killed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     engine = _WORKER_ENGINE
     assert engine is not None
