@@ -289,3 +289,172 @@ def test_disk_full_names_the_file_system_and_its_room(tmp_path, capsys):
         run_main(missing)
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'nope.json'}: No such file or directory\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. No knob is run as shell code: quotes, backticks and $( ) arrive as data or are refused
+# ---------------------------------------------------------------------------------------------
+PBS = ["SCHEDULER=pbs", "PBS_GROUP=g", "PBS_QUEUE=rt_HC"]
+# (target, knob with {m} = the marker file the payload would create, other knobs); $$ is make's $, and
+# $${{IFS}} a space that make's path functions do not see
+INJECTIONS = [
+    ("help", "SEED=1' ]] && touch {m}; [[ '1", []),              # the integer check itself
+    ("help", "PARAM=`touch {m}`", []),
+    ("download", "INCLUDE=data/x'; touch {m}; '", PBS),
+    ("download", "DATASET=x`touch {m}`", PBS),
+    ("download", "HF_ENDPOINT=http://h/'$$(touch {m})'", PBS),
+    ("extract", "WALLTIME=1:00:00$$(touch {m})", PBS),
+    ("extract", "PBS_GROUP=g'$$(touch {m})'", PBS),
+    ("args", "WANDB_PROJECT=p'$$(touch {m})'", ["TOKENIZER_MODEL=/none"]),
+    ("env-check", "ENV_DIR=/tmp/env$$(touch$${{IFS}}{m})", ["ENV_CHECK_ARGS=--no-gpu"]),
+    ("env-check", "ENV_DIR=/tmp/env'`touch$${{IFS}}{m}`'", PBS),
+    ("tokenize", "TOKENIZE_ARGS=--no-bos;touch$${{IFS}}{m}", ["TOKENIZER_MODEL=/none"]),
+    ("soup", "SOUP_VERIFY=full'$$(touch$${{IFS}}{m})'", ["MERGE=/none.yaml", "DEPEND=1.pbs1", *PBS]),
+]
+
+
+@pytest.mark.parametrize("target, knob, others", INJECTIONS, ids=[f"{t}-{k.split('=')[0]}" for t, k, _ in INJECTIONS])
+def test_no_knob_value_runs_as_shell_code(make, fake_pbs, tmp_path, target, knob, others):
+    marker = tmp_path / "pwned"
+    setting = knob.format(m=marker)
+    result = make(target, *others, setting, check=False)
+    assert not marker.exists(), f"{setting!r} ran as code:\n{result.stdout}\n{result.stderr}"
+    name, _, value = setting.partition("=")
+    for submission in fake_pbs.submissions():     # what was submitted carries the value itself
+        if name in submission["variables"]:
+            assert submission["variables"][name] == value.replace("$$", "$")
+
+
+def test_env_check_under_pbs_passes_its_flags_as_data(make, fake_pbs, tmp_path):
+    import shlex
+
+    env_dir = "/tmp/env it's `here`"
+    result = make("env-check", *PBS, f"ENV_DIR={env_dir.replace(' ', '')}", "ENV_CHECK_ARGS=--no-gpu")
+    assert result.returncode == 0
+    step_args = fake_pbs.submissions()[-1]["variables"]["STEP_ARGS"]
+    words = shlex.split(step_args)
+    assert f"--env-dir={env_dir.replace(' ', '')}" in words and words[-1] == "--no-gpu"
+
+
+def test_run_step_splits_step_args_and_never_evaluates_them(exp_dir, tmp_path):
+    marker = tmp_path / "pwned"
+    env = {**os.environ, "REPO_DIR": str(SCRIPTS.parent), "EXP_DIR": str(exp_dir), "STEP": "status",
+           "STEP_ARGS": f"--exp-dir '{exp_dir}' --dataset 'x$(touch {marker})' --tokenizer-name \"`touch {marker}`\""}
+    result = subprocess.run(["bash", str(SCRIPTS.parent / "pbs" / "run_step.pbs")], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not marker.exists()
+    assert f"x$(touch {marker})" in result.stdout, "the value arrived as it was written"
+    bad = subprocess.run(["bash", str(SCRIPTS.parent / "pbs" / "run_step.pbs")], capture_output=True, text=True,
+                         env={**env, "STEP": "../tests/conftest"}, timeout=60)
+    assert bad.returncode != 0 and "STEP='../tests/conftest': not a script of" in bad.stdout + bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A local job dies with its make: SIGTERM to make, SIGHUP to the terminal's process group
+# ---------------------------------------------------------------------------------------------
+SLOW_JOB = """#!/bin/bash
+set -euo pipefail
+source "${REPO_DIR:?}/pbs/common.sh"
+job_start OUT_DIR
+echo $$ > "${OUT_DIR}/job.pid"
+sleep 120 &
+wait
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        state_field = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state_field != "Z"
+
+
+def group_alive(pgid: int) -> bool:
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to make", "SIGHUP to its process group"])
+def test_a_local_job_dies_with_its_make(exp_dir, tmp_path, how):
+    import signal
+    import time
+
+    from conftest import REPO
+
+    template = tmp_path / "slow.pbs"
+    template.write_text(SLOW_JOB)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "-f", str(REPO / "Makefile"),
+                             "-f", str(REPO / "tests" / "data" / "jobs.mk"), "test-job", f"EXP_DIR={exp_dir}",
+                             f"TEMPLATE={template}", f"JOB_VARS=OUT_DIR={tmp_path}"],
+                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid_file = tmp_path / "job.pid"
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.is_file() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job = int(pid_file.read_text())
+        assert alive(job)
+        if how.startswith("SIGTERM"):
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGHUP)
+        output = proc.communicate(timeout=60)[0].decode()
+        assert proc.returncode != 0
+        deadline = time.monotonic() + 10
+        while group_alive(job) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group_alive(job), f"the job's processes outlived make ({how}):\n{output}"
+        assert "stopped (SIG" in output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if pid_file.is_file() and pid_file.read_text().strip():
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. A path knob with a space is refused clearly (make's path functions split on spaces)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("knob", ["EXP_DIR=sp ace/exp", "ENV_DIR=/env with space"])
+def test_a_path_with_a_space_is_refused_naming_the_knob(make, knob, fake_pbs):
+    name, _, value = knob.partition("=")
+    result = make("env-check" if name == "ENV_DIR" else "extract", knob, *PBS, check=False)
+    assert result.returncode != 0
+    assert f"{name}='{value}' holds a space or tab: make's path functions cannot take one" in result.stderr
+    assert "unrecognized arguments" not in result.stderr and fake_pbs.submissions() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. A qsub that hangs is given up after PBS_TIMEOUT seconds, with a message
+# ---------------------------------------------------------------------------------------------
+
+def test_a_hanging_qsub_times_out_with_a_message(make, exp_dir, tmp_path):
+    import time
+
+    from conftest import write_executable
+
+    bin_dir = tmp_path / "bin"
+    write_executable(bin_dir / "qsub", "#!/bin/sh\nexec sleep 60\n")
+    started = time.monotonic()
+    result = make("extract", *PBS, "PBS_TIMEOUT=1", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+                  check=False)
+    assert time.monotonic() - started < 30
+    assert result.returncode != 0
+    assert "qsub did not answer within 1 s (submitting extract.pbs as extract-dolmino-mix-1124)" in result.stderr
+    assert "look with qstat -u $USER before submitting again" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = make("help", "PBS_TIMEOUT=soon", check=False)
+    assert bad.returncode != 0 and "PBS_TIMEOUT must be a whole number" in bad.stderr
