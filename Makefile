@@ -118,7 +118,7 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 DEMO_MAKE = $(MAKE) --no-print-directory $(call q,EXP_DIR=$(DEMO_DIR)) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
 	$(PY) $(REPO)/scripts/demo_data.py --output $(call q,$(DEMO_DIR)/dolmino-mix-1124)
-	$(DEMO_MAKE) extract merge
+	$(DEMO_MAKE) extract merge ALLOW_PARTIAL=1
 	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/scripts/train_tokenizer.py --input $(call q,$(DEMO_DIR)/dolmino-mix-1124-extracted-merged) --output $(call q,$(DEMO_DIR)/tokenizer/demo.model) && )$(DEMO_MAKE) tokenize $(call q,TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model))
 	$(DEMO_MAKE) count mix TASK=demo SIZE=demo PARAM=tiny
 	$(PY) $(REPO)/scripts/make_tiny_runs.py --exp-dir $(call q,$(DEMO_DIR)) --task demo --param tiny --size demo --seeds "1 2 3"
@@ -136,7 +136,7 @@ status: $(VENV_STAMP) ## tables of the pipeline's stages, submitted jobs, traini
 # ---------------------------------------------------------------------------------------------
 # Data: download -> extract -> merge -> tokenize -> count -> mix
 # ---------------------------------------------------------------------------------------------
-.PHONY: download extract merge tokenize clean-intermediate count mix
+.PHONY: download check-revision extract merge tokenize clean-intermediate count mix
 # download/extract/merge knobs (descriptions: tasks/datasets/<DATASET>.yaml)
 INCLUDE ?=
 VERIFY ?= 0
@@ -145,16 +145,20 @@ HF_ENDPOINT ?=
 EXTRACT_CHUNKS ?= 16
 VALIDATE ?= 0
 ON_BAD_LINE ?= fail
+ALLOW_PARTIAL ?= 0
 # INCLUDE: download only files matching these patterns; VERIFY=1: check hashes, not only sizes (VERIFY=sample
 # is for make soup: it checks a subset of tensors);
 # HF_ENDPOINT: a hub mirror (HF_TOKEN is read from the environment or `hf auth login`, never passed on);
 # EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs (locally: one job, JOBS workers);
-# VALIDATE=1: merge parses every line as JSON with a string text; ON_BAD_LINE=fail|skip.
+# VALIDATE=1: merge parses every line as JSON with a string text; ON_BAD_LINE=fail|skip;
+# ALLOW_PARTIAL=1: download and extract go on when the pinned revision or the raw tree lacks part of what
+# the description's `expect` says exists (a sample, a partial copy).
 $(call require_int,DOWNLOAD_WORKERS)$(if $(filter 0,$(DOWNLOAD_WORKERS)),$(error DOWNLOAD_WORKERS must be at least 1))
 $(call require_int,EXTRACT_CHUNKS)$(if $(filter 0,$(EXTRACT_CHUNKS)),$(error EXTRACT_CHUNKS must be at least 1))
 $(if $(filter $(VERIFY),0 1 sample),,$(error VERIFY must be 0, 1 or sample (got '$(VERIFY)')))
 $(if $(filter $(VALIDATE),0 1),,$(error VALIDATE must be 0 or 1 (got '$(VALIDATE)')))
 $(if $(filter $(ON_BAD_LINE),fail skip),,$(error ON_BAD_LINE must be fail or skip (got '$(ON_BAD_LINE)')))
+$(if $(filter $(ALLOW_PARTIAL),0 1),,$(error ALLOW_PARTIAL must be 0 or 1 (got '$(ALLOW_PARTIAL)')))
 ON_PBS = $(filter pbs,$(SCHEDULER))
 # extract: an array over file chunks on PBS (a plain job when there is one chunk), one job here
 EXTRACT_CHUNKS_RUN = $(if $(ON_PBS),$(EXTRACT_CHUNKS),1)
@@ -165,11 +169,16 @@ DATA_WORKERS = $(if $(ON_PBS),auto,$(JOBS))
 download: $(VENV_STAMP) ## fetch DATASET from the Hugging Face hub into EXP_DIR/<dataset>
 	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,48:00:00) \
 		--var DATASET=$(DATASET) --var $(call q,INCLUDE=$(INCLUDE)) --var VERIFY=$(if $(filter 1,$(VERIFY)),1,0) \
-		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var $(call q,HF_ENDPOINT=$(HF_ENDPOINT)))
+		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var $(call q,HF_ENDPOINT=$(HF_ENDPOINT))) \
+		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
+
+check-revision: $(VENV_STAMP) ## list what DATASET's newest hub revision has and the pinned one lacks
+	$(if $(HF_ENDPOINT),HF_ENDPOINT=$(call q,$(HF_ENDPOINT)) )$(PY) $(REPO)/scripts/check_revision.py --dataset $(DATASET)
 
 extract: $(VENV_STAMP) ## decompress the raw files into EXP_DIR/<dataset>-extracted
 	$(SUBMIT) --template pbs/extract.pbs --name extract-$(DATASET) --walltime $(call walltime,12:00:00) \
-		$(EXTRACT_ARRAY) --var DATASET=$(DATASET) --var CHUNKS=$(EXTRACT_CHUNKS_RUN) --var WORKERS=$(DATA_WORKERS)
+		$(EXTRACT_ARRAY) --var DATASET=$(DATASET) --var CHUNKS=$(EXTRACT_CHUNKS_RUN) --var WORKERS=$(DATA_WORKERS) \
+		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
 
 merge: $(VENV_STAMP) ## concatenate extracted files into grouped JSONL (<dataset>-extracted-merged)
 	$(SUBMIT) --template pbs/merge.pbs --name merge-$(DATASET) --walltime $(call walltime,24:00:00) \

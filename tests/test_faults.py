@@ -458,3 +458,83 @@ def test_a_hanging_qsub_times_out_with_a_message(make, exp_dir, tmp_path):
     assert "Traceback" not in result.stderr
     bad = make("help", "PBS_TIMEOUT=soon", check=False)
     assert bad.returncode != 0 and "PBS_TIMEOUT must be a whole number" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. Completeness: a revision pinned mid-upload, a partial raw tree, a gated repository
+# ---------------------------------------------------------------------------------------------
+MATH_SUBSETS = ["codesearchnet-owmfilter", "dolmino_math_synth", "gsm8k", "mathcoder2-synthmath",
+                "metamath-owmfilter", "tinyGSM-MIND", "tulu_math"]
+
+
+def dolmino_listing() -> dict:
+    """Every folder the dolmino description expects, one tiny file each (only listings are read)."""
+    from hub_server import HubFile
+
+    files = {f"data/dclm/{d:04d}/dclm-0000.json.zst": HubFile(b"d%d" % d, lfs=True) for d in range(247)}
+    for source in ("flan", "pes2o", "stackexchange", "wiki"):
+        files[f"data/{source}/{source}-0000.json.gz"] = HubFile(source.encode(), lfs=True)
+    for subset in MATH_SUBSETS:
+        files[f"data/math/{subset}/0000.jsonl"] = HubFile(subset.encode())
+    return files
+
+
+def hub_env(hub, exp: Path) -> dict:
+    from acquire_helpers import script_env
+    return script_env(HF_ENDPOINT=hub.url, HF_HOME=str(exp.parent / "hf-home"))
+
+
+def test_a_pinned_revision_taken_mid_upload_is_refused_and_compared_with_the_newest(tmp_path):
+    from hub_server import HubRepo, HubServer
+    from pipeline.datasets import load_dataset
+
+    newest = dolmino_listing()
+    pinned = {p: f for p, f in newest.items()
+              if not (p.startswith("data/dclm/02") and p >= "data/dclm/0200") and "tulu_math" not in p}
+    repo = HubRepo("allenai/dolmino-mix-1124", files=pinned, commit=load_dataset("dolmino-mix-1124").revision,
+                   commits={"f" * 40: newest}, main="f" * 40)
+    exp = tmp_path / "exp"
+    with HubServer(repo) as hub:
+        refused = run("download", "--exp-dir", str(exp), "--dataset", "dolmino-mix-1124", check=False,
+                      env=hub_env(hub, exp))
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert "dclm: no files for {dir} = 0200-0246 (47 of 247 expected values missing)" in refused.stderr
+        assert "math: no files for {subset} = tulu_math (1 of 7" in refused.stderr
+        assert "make check-revision DATASET=dolmino-mix-1124" in refused.stderr
+        assert hub.file_gets() == [], "nothing is fetched from an incomplete revision"
+
+        compared = run("check_revision", "--dataset", "dolmino-mix-1124", check=False, env=hub_env(hub, exp))
+        assert compared.returncode == 1
+        assert "48 missing at the pin (dclm 47, math 1):\n    data/dclm/0200/dclm-0000.json.zst" in compared.stdout
+        assert f"main    {'f' * 40}: 258 files" in compared.stdout and "expect at main: complete" in compared.stdout
+        assert "expect at pinned: 2 gap(s)\n    dclm: no files for {dir} = 0200-0246" in compared.stdout
+        assert f"pin {'f' * 40} (or a later complete revision)" in compared.stderr
+
+
+def test_extract_refuses_a_raw_tree_without_what_the_description_expects(tmp_path):
+    from pipeline.sample import generate
+
+    exp = tmp_path / "exp"
+    generate(exp / "dolmino-mix-1124", docs=2)
+    refused = step("extract", exp, "dolmino-mix-1124", check=False)
+    assert refused.returncode == 1
+    assert "dclm: no files for {dir} = 0012-0246 (235 of 247" in refused.stderr
+    assert not (exp / "dolmino-mix-1124-extracted").exists()
+    partial = step("extract", exp, "dolmino-mix-1124", "--allow-partial", "--jobs", "2")
+    assert "ALLOW_PARTIAL=1, going on" in partial.stderr
+    assert (state(exp, "dolmino-mix-1124", "extract") / "done.json").is_file()
+
+
+def test_a_gated_repository_says_how_to_get_access(tmp_path):
+    from hub_server import HubFile, HubRepo, HubServer
+
+    repo = HubRepo("OctoThinker/MegaMath-Web-Pro-Max", files={"000_00000.parquet": HubFile(b"p", lfs=True)},
+                   gated=True)
+    exp = tmp_path / "exp"
+    with HubServer(repo) as hub:
+        refused = run("download", "--exp-dir", str(exp), "--dataset", "megamath-web-pro-max", check=False,
+                      env=hub_env(hub, exp))
+    assert refused.returncode == 1
+    line = one_error_line(refused.stderr)
+    assert "OctoThinker/MegaMath-Web-Pro-Max is gated: open https://huggingface.co/datasets/OctoThinker/" in line
+    assert "accept its terms" in line and "hf auth login" in line

@@ -24,7 +24,7 @@ from pathlib import Path
 from pipeline.atomic import atomic_output, remove_temporaries, write_json
 from pipeline.datasets import Dataset, check_extracted_names, raw_kind, scan_tree
 from pipeline.errors import fail
-from pipeline.hub import human
+from pipeline.hub import check_raw_tree, human
 from pipeline.locks import output_lock
 from pipeline.paths import extracted_dir, raw_dir, state_dir
 from pipeline.provenance import provenance
@@ -181,12 +181,14 @@ def finalize(exp: Path, dataset: Dataset, tasks: list[Task] | None = None) -> di
 
 
 def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jobs: int = 1,
-                show_progress: bool = True) -> dict:
-    """Extract this chunk's files that are not done yet; returns a summary."""
+                show_progress: bool = True, allow_partial: bool = False) -> dict:
+    """Extract this chunk's files that are not done yet; returns a summary. A raw tree without all
+    the description's `expect` says exists is refused unless allow_partial."""
     if not 0 <= chunk < chunks:
         fail(f"chunk {chunk} is outside 0..{chunks - 1}")
     started = time.monotonic()
     tasks = plan(exp, dataset)
+    check_raw_tree(exp, dataset, allow_partial)
     cleaned = is_cleaned(exp, dataset.name)
     if cleaned and not all(is_done(exp, dataset.name, t, True) for t in tasks):
         # the raw tree changed after clean-intermediate: back to the normal rules (redo what is missing)
