@@ -150,7 +150,7 @@ ALLOW_PARTIAL ?= 0
 # is for make soup: it checks a subset of tensors);
 # HF_ENDPOINT: a hub mirror (HF_TOKEN is read from the environment or `hf auth login`, never passed on);
 # EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs (locally: one job, JOBS workers);
-# VALIDATE=1: merge parses every line as JSON with a string text; ON_BAD_LINE=fail|skip;
+# VALIDATE=1: merge checks every line as tokenize will (JSON object, string text, valid UTF-8); ON_BAD_LINE=fail|skip;
 # ALLOW_PARTIAL=1: download and extract go on when the pinned revision or the raw tree lacks part of what
 # the description's `expect` says exists (a sample, a partial copy).
 $(call require_int,DOWNLOAD_WORKERS)$(if $(filter 0,$(DOWNLOAD_WORKERS)),$(error DOWNLOAD_WORKERS must be at least 1))

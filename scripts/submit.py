@@ -21,7 +21,6 @@ import re
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time

@@ -15,7 +15,7 @@ import pytest
 
 from acquire_helpers import big_jsonl, run, state, write_description
 from conftest import SCRIPTS
-from tokenize_helpers import tiny_sp_model, write_jsonl
+from tokenize_helpers import tiny_sp_model
 
 # a dataset with two sources of plain JSONL files: quick to extract, merge and tokenize
 TWO_PARTS = """

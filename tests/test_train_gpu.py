@@ -6,7 +6,7 @@ tokenizer model. On a GPU machine with the environment:
 
     TRAIN_GPU_ENV_DIR=/path/to/env .venv/bin/python -m pytest -q tests/test_train_gpu.py
 
-What it shows (FACTS section 3, "observed with the real engine"): the run starts at iteration 1 of
+What it shows (observed with the real engine): the run starts at iteration 1 of
 its own --train-iters with consumed samples counted from 0, its loss starts where pretraining left
 off (weights loaded), and its final checkpoint's optimizer step continues the pretraining one.
 """
