@@ -85,9 +85,10 @@ def _terminate(signum: int, _frame) -> None:
 def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Run a script's main(): PipelineError and OSError -> 'error: ...' on stderr and exit 1;
     Ctrl-C -> 130, SIGTERM/SIGHUP -> 128 + the signal number."""
+    previous = {}
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) == signal.SIG_DFL:   # a parent that ignores SIGHUP (nohup) keeps it so
-            signal.signal(signum, _terminate)
+            previous[signum] = signal.signal(signum, _terminate)
     try:
         status = main()
     except PipelineError as exc:
@@ -102,4 +103,7 @@ def run_main(main: Callable[[], int | None]) -> NoReturn:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     sys.exit(status or 0)
