@@ -39,16 +39,36 @@ PYTHON ?= python3
 PYTEST_ARGS ?= -q
 DEMO_DIR ?= $(EXP_DIR)/demo
 
+# Every knob reaches a recipe's shell as data, never as code: through $(call q,...) (one single-quoted
+# word, whatever it holds), as a number or name checked here with make functions only, or from the
+# environment. $(call q,TEXT): TEXT as one shell word; $(call qwords,LIST): each word of LIST quoted alone.
+q = '$(subst ','\'',$(1))'
+qwords = $(foreach w,$(1),$(call q,$(w)))
+# $(call require_int,VAR): VAR must be a whole number (leading zeros refused)
+nodigits = $(subst 0,,$(subst 1,,$(subst 2,,$(subst 3,,$(subst 4,,$(subst 5,,$(subst 6,,$(subst 7,,$(subst 8,,$(subst 9,,$(1)))))))))))
+require_int = $(if $(and $(filter 1,$(words x$($(1))x)),$(strip $($(1))),$(if $(call nodigits,$($(1))),,y),$(if $(filter 0%,$($(1))),$(filter 0,$($(1))),y)),,$(error $(1) must be a whole number (got '$($(1))')))
+# $(call require_name,VAR): VAR must be a name of letters, digits and _.+- (it names folders and jobs)
+NAME_CHARS := a b c d e f g h i j k l m n o p q r s t u v w x y z A B C D E F G H I J K L M N O P Q R S T U V W X Y Z \
+	0 1 2 3 4 5 6 7 8 9 _ . + -
+strip_chars = $(if $(2),$(call strip_chars,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
+require_name = $(if $(and $(filter 1,$(words x$($(1))x)),$(strip $($(1))),$(if $(call strip_chars,$($(1)),$(NAME_CHARS)),,y)),,$(error $(1) must be a name of letters, digits and _.+- (got '$($(1))')))
+# $(call apath,VAR): VAR's value made absolute; make's path functions split on spaces, so one is refused
+apath = $(if $(filter-out 1,$(words x$($(1))x)),$(error $(1)='$($(1))' holds a space or tab: make's path functions cannot take one; use a path without),$(abspath $($(1))))
+
 SCHEDULERS := local pbs
 $(if $(filter $(SCHEDULER),$(SCHEDULERS)),,$(error SCHEDULER must be one of: $(SCHEDULERS) (got '$(SCHEDULER)')))
-# $(call require_int,VAR): VAR must be a whole number (leading zeros refused)
-require_int = $(if $(shell [[ '$($(1))' =~ ^(0|[1-9][0-9]*)$$ ]] && echo y),,$(error $(1) must be a whole number (got '$($(1))')))
 $(call require_int,NODES)$(if $(filter 0,$(NODES)),$(error NODES must be at least 1))
 $(call require_int,SEED)
 $(call require_int,JOBS)
+$(foreach v,DATASET TASK SIZE TOKENIZER_NAME,$(call require_name,$(v)))
+$(if $(filter-out 1,$(words x$(REPO)x)),$(error the checkout '$(REPO)' is in a folder whose path holds a space: make cannot handle that; move it))
 $(if $(strip $(EXP_DIR)),,$(error EXP_DIR must not be empty))
-override EXP_DIR := $(abspath $(EXP_DIR))
-override DEMO_DIR := $(abspath $(DEMO_DIR))
+override EXP_DIR := $(call apath,EXP_DIR)
+override DEMO_DIR := $(call apath,DEMO_DIR)
+# PBS_TIMEOUT: seconds a qsub or qstat call may take before it is given up with a message
+PBS_TIMEOUT ?= 120
+$(call require_int,PBS_TIMEOUT)$(if $(filter 0,$(PBS_TIMEOUT)),$(error PBS_TIMEOUT must be at least 1))
+export PBS_TIMEOUT
 
 VENV := $(REPO)/.venv
 # PIPELINE_PYTHON: run the pipeline's own scripts with this interpreter (its packages already installed, e.g. on
@@ -59,11 +79,11 @@ VENV_STAMP := $(if $(PIPELINE_PYTHON),,$(VENV)/.installed)
 export PIPELINE_PYTHON
 
 # One submission mechanism for every job: scripts/submit.py runs a pbs/ template here or with qsub.
-SUBMIT = $(PY) $(REPO)/scripts/submit.py --scheduler $(SCHEDULER) --exp-dir $(EXP_DIR) \
-	--group '$(PBS_GROUP)' --queue '$(PBS_QUEUE)' --rtype '$(PBS_RTYPE)' --depend '$(DEPEND)' \
-	--nodes $(NODES) --parallel $(JOBS)
-# $(call walltime,DEFAULT): WALLTIME if given, else the step's default
-walltime = $(or $(WALLTIME),$(1))
+SUBMIT = $(PY) $(REPO)/scripts/submit.py --scheduler $(SCHEDULER) --exp-dir $(call q,$(EXP_DIR)) \
+	--group $(call q,$(PBS_GROUP)) --queue $(call q,$(PBS_QUEUE)) --rtype $(call q,$(PBS_RTYPE)) \
+	--depend $(call q,$(DEPEND)) --nodes $(NODES) --parallel $(JOBS)
+# $(call walltime,DEFAULT): WALLTIME if given, else the step's default (quoted)
+walltime = $(call q,$(or $(WALLTIME),$(1)))
 NOT_BUILT = @echo "make $@: not built yet (see the open issues)" >&2; exit 2
 
 .PHONY: help
@@ -73,8 +93,8 @@ help: ## list the targets and the main knobs
 	@grep -hE '^[a-zA-Z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) \
 		| awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 	@echo
-	@echo "Knobs: EXP_DIR=$(EXP_DIR) SCHEDULER=$(SCHEDULER) DATASET=$(DATASET) TASK=$(TASK)"
-	@echo "       PARAM=$(PARAM) SIZE=$(SIZE) SEED=$(SEED) NODES=$(NODES) DEPEND=$(DEPEND)"
+	@echo Knobs: EXP_DIR=$(call q,$(EXP_DIR)) SCHEDULER=$(SCHEDULER) DATASET=$(DATASET) TASK=$(TASK)
+	@echo '       'PARAM=$(call q,$(PARAM)) SIZE=$(SIZE) SEED=$(SEED) NODES=$(NODES) DEPEND=$(call q,$(DEPEND))
 	@echo "       PBS_GROUP PBS_QUEUE PBS_RTYPE WALLTIME TOKENIZER_MODEL MEGATRON_PATH ENV_DIR (no defaults)"
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +109,7 @@ $(VENV_STAMP): $(REPO)/requirements.txt
 	touch $@
 
 test: $(VENV_STAMP) ## run the test suite (sets up .venv first when needed)
-	cd $(REPO) && $(PY) -m pytest $(PYTEST_ARGS) tests
+	cd $(REPO) && $(PY) -m pytest $(call qwords,$(PYTEST_ARGS)) tests
 
 lint: $(VENV_STAMP) ## ruff on the Python, shellcheck on pbs/ and .ci/run (rules: pyproject.toml, .shellcheckrc)
 	cd $(REPO) && $(VENV)/bin/ruff check . && $(VENV)/bin/shellcheck pbs/*.pbs pbs/*.sh .ci/run
@@ -103,37 +123,38 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 
 .PHONY: demo bench status gpu-check
 # every demo step runs locally on the sample; each line is one pipeline target
-DEMO_MAKE = $(MAKE) --no-print-directory EXP_DIR=$(DEMO_DIR) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
+DEMO_MAKE = $(MAKE) --no-print-directory $(call q,EXP_DIR=$(DEMO_DIR)) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
-	$(PY) $(REPO)/demo/demo_data.py --output $(DEMO_DIR)/dolmino-mix-1124
-	$(DEMO_MAKE) extract merge
-	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/demo/train_tokenizer.py --input $(DEMO_DIR)/dolmino-mix-1124-extracted-merged --output $(DEMO_DIR)/tokenizer/demo.model && )$(DEMO_MAKE) tokenize TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model)
+	$(PY) $(REPO)/demo/demo_data.py --output $(call q,$(DEMO_DIR)/dolmino-mix-1124)
+	$(DEMO_MAKE) extract merge ALLOW_PARTIAL=1
+	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/demo/train_tokenizer.py --input $(call q,$(DEMO_DIR)/dolmino-mix-1124-extracted-merged) --output $(call q,$(DEMO_DIR)/tokenizer/demo.model) && )$(DEMO_MAKE) tokenize $(call q,TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model))
 	$(DEMO_MAKE) count mix TASK=demo SIZE=demo PARAM=tiny
-	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(DEMO_DIR) --task demo --param tiny --size demo --seeds "1 2 3"
-	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" NAME=demo-soup MERGE_DIR=$(DEMO_DIR)/merge
+	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(call q,$(DEMO_DIR)) --task demo --param tiny --size demo --seeds "1 2 3"
+	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" NAME=demo-soup $(call q,MERGE_DIR=$(DEMO_DIR)/merge)
 	$(DEMO_MAKE) status
 
 # gpu-check: on a machine with a GPU; MEGATRON_PATH (or ENV_DIR), TOKENIZER_MODEL (default: trained on the sample),
 # TRAIN_PYTHON (default: ENV_DIR's venv python, else python3); GPU_CHECK_DIR is emptied and rewritten
 GPU_CHECK_DIR ?= $(EXP_DIR)/gpu-check
 gpu-check: $(VENV_STAMP) ## the training half for real on this machine's GPU: one row per check (minutes)
-	@test -n '$(or $(MEGATRON_PATH),$(ENV_DIR))' || { echo "make gpu-check: set MEGATRON_PATH=<Megatron-LM checkout> (or ENV_DIR)" >&2; exit 2; }
-	$(PY) $(REPO)/tests/gpu/gpu_check.py --megatron-path '$(abspath $(or $(MEGATRON_PATH),$(ENV_DIR)/src/Megatron-LM))' \
-		--work-dir '$(abspath $(GPU_CHECK_DIR))' --tokenizer-model '$(if $(TOKENIZER_MODEL),$(abspath $(TOKENIZER_MODEL)))' \
-		--train-python '$(TRAIN_PYTHON)' --env-dir '$(if $(ENV_DIR),$(abspath $(ENV_DIR)))' --json '$(abspath $(GPU_CHECK_DIR)).json'
+	@test -n $(call q,$(or $(MEGATRON_PATH),$(ENV_DIR))) || { echo "make gpu-check: set MEGATRON_PATH=<Megatron-LM checkout> (or ENV_DIR)" >&2; exit 2; }
+	$(PY) $(REPO)/tests/gpu/gpu_check.py --megatron-path $(call q,$(abspath $(or $(MEGATRON_PATH),$(ENV_DIR)/src/Megatron-LM))) \
+		--work-dir $(call q,$(abspath $(GPU_CHECK_DIR))) --tokenizer-model $(call q,$(if $(TOKENIZER_MODEL),$(abspath $(TOKENIZER_MODEL)))) \
+		--train-python $(call q,$(TRAIN_PYTHON)) --env-dir $(call q,$(if $(ENV_DIR),$(abspath $(ENV_DIR)))) \
+		--json $(call q,$(abspath $(GPU_CHECK_DIR)).json)
 
 BENCH_ARGS ?=
 bench: $(VENV_STAMP) ## benchmarks, printed side by side with their references
-	cd $(REPO) && for bench in bench/bench_*.py; do $(PY) "$$bench" $(BENCH_ARGS); done
+	cd $(REPO) && for bench in bench/bench_*.py; do $(PY) "$$bench" $(call qwords,$(BENCH_ARGS)); done
 
 status: $(VENV_STAMP) ## tables of the pipeline's stages, submitted jobs, training runs and soups
-	$(PY) $(REPO)/scripts/status.py --exp-dir $(EXP_DIR) --dataset $(DATASET) --tokenizer-name $(TOKENIZER_NAME) \
-		--scheduler $(SCHEDULER)
+	$(PY) $(REPO)/scripts/status.py --exp-dir $(call q,$(EXP_DIR)) --dataset $(DATASET) \
+		--tokenizer-name $(TOKENIZER_NAME) --scheduler $(SCHEDULER)
 
 # ---------------------------------------------------------------------------------------------
 # Data: download -> extract -> merge -> tokenize -> count -> mix
 # ---------------------------------------------------------------------------------------------
-.PHONY: download extract merge tokenize clean-intermediate count mix
+.PHONY: download check-revision extract merge tokenize clean-intermediate count mix
 # download/extract/merge knobs (descriptions: tasks/datasets/<DATASET>.yaml)
 INCLUDE ?=
 VERIFY ?= 0
@@ -142,16 +163,20 @@ HF_ENDPOINT ?=
 EXTRACT_CHUNKS ?= 16
 VALIDATE ?= 0
 ON_BAD_LINE ?= fail
+ALLOW_PARTIAL ?= 0
 # INCLUDE: download only files matching these patterns; VERIFY=1: check hashes, not only sizes (VERIFY=sample
 # is for make soup: it checks a subset of tensors);
 # HF_ENDPOINT: a hub mirror (HF_TOKEN is read from the environment or `hf auth login`, never passed on);
 # EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs (locally: one job, JOBS workers);
-# VALIDATE=1: merge parses every line as JSON with a string text; ON_BAD_LINE=fail|skip.
+# VALIDATE=1: merge checks every line as tokenize will (JSON object, string text, valid UTF-8); ON_BAD_LINE=fail|skip;
+# ALLOW_PARTIAL=1: download and extract go on when the pinned revision or the raw tree lacks part of what
+# the description's `expect` says exists (a sample, a partial copy).
 $(call require_int,DOWNLOAD_WORKERS)$(if $(filter 0,$(DOWNLOAD_WORKERS)),$(error DOWNLOAD_WORKERS must be at least 1))
 $(call require_int,EXTRACT_CHUNKS)$(if $(filter 0,$(EXTRACT_CHUNKS)),$(error EXTRACT_CHUNKS must be at least 1))
 $(if $(filter $(VERIFY),0 1 sample),,$(error VERIFY must be 0, 1 or sample (got '$(VERIFY)')))
 $(if $(filter $(VALIDATE),0 1),,$(error VALIDATE must be 0 or 1 (got '$(VALIDATE)')))
 $(if $(filter $(ON_BAD_LINE),fail skip),,$(error ON_BAD_LINE must be fail or skip (got '$(ON_BAD_LINE)')))
+$(if $(filter $(ALLOW_PARTIAL),0 1),,$(error ALLOW_PARTIAL must be 0 or 1 (got '$(ALLOW_PARTIAL)')))
 ON_PBS = $(filter pbs,$(SCHEDULER))
 # extract: an array over file chunks on PBS (a plain job when there is one chunk), one job here
 EXTRACT_CHUNKS_RUN = $(if $(ON_PBS),$(EXTRACT_CHUNKS),1)
@@ -161,12 +186,17 @@ DATA_WORKERS = $(if $(ON_PBS),auto,$(JOBS))
 
 download: $(VENV_STAMP) ## fetch DATASET from the Hugging Face hub into EXP_DIR/<dataset>
 	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,48:00:00) \
-		--var DATASET=$(DATASET) --var INCLUDE='$(INCLUDE)' --var VERIFY=$(if $(filter 1,$(VERIFY)),1,0) \
-		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var HF_ENDPOINT='$(HF_ENDPOINT)')
+		--var DATASET=$(DATASET) --var $(call q,INCLUDE=$(INCLUDE)) --var VERIFY=$(if $(filter 1,$(VERIFY)),1,0) \
+		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var $(call q,HF_ENDPOINT=$(HF_ENDPOINT))) \
+		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
+
+check-revision: $(VENV_STAMP) ## list what DATASET's newest hub revision has and the pinned one lacks
+	$(if $(HF_ENDPOINT),HF_ENDPOINT=$(call q,$(HF_ENDPOINT)) )$(PY) $(REPO)/scripts/check_revision.py --dataset $(DATASET)
 
 extract: $(VENV_STAMP) ## decompress the raw files into EXP_DIR/<dataset>-extracted
 	$(SUBMIT) --template pbs/extract.pbs --name extract-$(DATASET) --walltime $(call walltime,12:00:00) \
-		$(EXTRACT_ARRAY) --var DATASET=$(DATASET) --var CHUNKS=$(EXTRACT_CHUNKS_RUN) --var WORKERS=$(DATA_WORKERS)
+		$(EXTRACT_ARRAY) --var DATASET=$(DATASET) --var CHUNKS=$(EXTRACT_CHUNKS_RUN) --var WORKERS=$(DATA_WORKERS) \
+		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
 
 merge: $(VENV_STAMP) ## concatenate extracted files into grouped JSONL (<dataset>-extracted-merged)
 	$(SUBMIT) --template pbs/merge.pbs --name merge-$(DATASET) --walltime $(call walltime,24:00:00) \
@@ -188,15 +218,15 @@ TOKENIZER_TYPES := Llama2Tokenizer SentencePieceTokenizer HuggingFaceTokenizer
 $(if $(filter $(TOKENIZER_TYPE),$(TOKENIZER_TYPES)),,$(error TOKENIZER_TYPE must be one of: $(TOKENIZER_TYPES) (got '$(TOKENIZER_TYPE)')))
 $(call require_int,TOKENIZE_WORKERS)
 tokenize: $(VENV_STAMP) ## tokenize merged files into Megatron .bin/.idx (<dataset>-<tok>-tokenized)
-	@if [ -z '$(strip $(TOKENIZER_MODEL))' ]; then echo "make tokenize: TOKENIZER_MODEL is not set: give the" \
+	@if [ -z $(call q,$(strip $(TOKENIZER_MODEL))) ]; then echo "make tokenize: TOKENIZER_MODEL is not set: give the" \
 		"tokenizer model, e.g. TOKENIZER_MODEL=/path/to/llm-jp-tokenizer-100k.ver3.1.model (or in local.mk)" >&2; exit 2; fi
-	@plan=$$($(PY) $(REPO)/scripts/tokenize_dataset.py plan --exp-dir $(EXP_DIR) --dataset $(DATASET) \
+	@plan=$$($(PY) $(REPO)/scripts/tokenize_dataset.py plan --exp-dir $(call q,$(EXP_DIR)) --dataset $(DATASET) \
 		--tokenizer-name $(TOKENIZER_NAME) --tokenizer-type $(TOKENIZER_TYPE) \
-		--tokenizer-model '$(abspath $(TOKENIZER_MODEL))' $(TOKENIZE_ARGS)); set -- $$plan; \
+		--tokenizer-model $(call q,$(call apath,TOKENIZER_MODEL)) $(call qwords,$(TOKENIZE_ARGS))); set -- $$plan; \
 	if [ "$$1" = 0 ]; then echo "make tokenize: every output of $(DATASET) is up to date"; exit 0; fi; \
 	array=; if [ "$$1" -gt 1 ]; then array="--array 0-$$(($$1 - 1))"; fi; \
 	$(SUBMIT) --parallel 1 --template pbs/tokenize.pbs --name tokenize-$(DATASET)-$(TOKENIZER_NAME) \
-		--walltime $(call walltime,12:00:00) $$array --var PLAN=$$2 --var WORKERS=$(TOKENIZE_WORKERS)
+		--walltime $(call walltime,12:00:00) $$array --var "PLAN=$$2" --var WORKERS=$(TOKENIZE_WORKERS)
 
 # count/mix: TASK_OUT writes the lists and reports elsewhere than tasks/<TASK>/ (mix then reads the
 # all-list there too); ALL_LIST makes mix read another all-list: PATH, or TASK=PATH for another task
@@ -204,12 +234,12 @@ tokenize: $(VENV_STAMP) ## tokenize merged files into Megatron .bin/.idx (<datas
 TASK_OUT ?=
 ALL_LIST ?=
 count: $(VENV_STAMP) ## exact token counts from .idx files -> tasks/<TASK>/train_data.all.sh
-	$(PY) $(REPO)/scripts/count.py --exp-dir $(EXP_DIR) --task '$(TASK)' --tokenizer-name '$(TOKENIZER_NAME)' \
-		$(if $(TASK_OUT),--out-dir '$(TASK_OUT)')
+	$(PY) $(REPO)/scripts/count.py --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --tokenizer-name $(TOKENIZER_NAME) \
+		$(if $(TASK_OUT),--out-dir $(call q,$(TASK_OUT)))
 
 mix: $(VENV_STAMP) ## mixture list tasks/<TASK>/train_data_<SIZE>.sh plus a report
-	$(PY) $(REPO)/scripts/mix.py --task '$(TASK)' --size '$(SIZE)' --param '$(PARAM)' \
-		$(if $(TASK_OUT),--out-dir '$(TASK_OUT)') $(foreach list,$(ALL_LIST),--all-list '$(list)')
+	$(PY) $(REPO)/scripts/mix.py --task $(TASK) --size $(SIZE) --param $(call q,$(PARAM)) \
+		$(if $(TASK_OUT),--out-dir $(call q,$(TASK_OUT))) $(foreach list,$(ALL_LIST),--all-list $(call q,$(list)))
 
 # ---------------------------------------------------------------------------------------------
 # Training: env -> init -> train (per seed) -> convert -> soup
@@ -221,18 +251,21 @@ ENV_CONFIG ?= $(REPO)/params/environment.yaml
 DRY_RUN ?=
 ENV_PYTHON ?=
 ENV_CHECK_ARGS ?=
-ENV_SETUP_DRY = $(PY) $(REPO)/scripts/env_setup.py --env-dir '$(abspath $(ENV_DIR))' --config '$(abspath $(ENV_CONFIG))' --dry-run
+ENV_SETUP_DRY = $(PY) $(REPO)/scripts/env_setup.py --env-dir $(call q,$(call apath,ENV_DIR)) \
+	--config $(call q,$(call apath,ENV_CONFIG)) --dry-run
 ENV_SETUP_JOB = $(SUBMIT) --template pbs/setup_env.pbs --name setup-env --walltime $(call walltime,04:00:00) \
-	--var ENV_DIR=$(abspath $(ENV_DIR)) --var ENV_CONFIG=$(abspath $(ENV_CONFIG))
-ENV_CHECK_FLAGS = --env-dir=$(abspath $(ENV_DIR)) --python=$(ENV_PYTHON) --config=$(abspath $(ENV_CONFIG)) \
-	--megatron-path=$(abspath $(MEGATRON_PATH)) --tokenizer-model=$(abspath $(TOKENIZER_MODEL)) $(ENV_CHECK_ARGS)
+	--var $(call q,ENV_DIR=$(call apath,ENV_DIR)) --var $(call q,ENV_CONFIG=$(call apath,ENV_CONFIG))
+# quoted words; under PBS they travel as one shell-quoted STEP_ARGS that pbs/run_step.pbs splits, never evaluates
+ENV_CHECK_FLAGS = $(call q,--env-dir=$(call apath,ENV_DIR)) $(call q,--python=$(ENV_PYTHON)) \
+	$(call q,--config=$(call apath,ENV_CONFIG)) $(call q,--megatron-path=$(call apath,MEGATRON_PATH)) \
+	$(call q,--tokenizer-model=$(call apath,TOKENIZER_MODEL)) $(call qwords,$(ENV_CHECK_ARGS))
 env: $(VENV_STAMP) ## install the training environment (Megatron-LM, TE, apex, flash-attn) into ENV_DIR
-	@test -n '$(ENV_DIR)' || { echo "make env: set ENV_DIR=/path/to/environment (or ENV_DIR in local.mk)" >&2; exit 2; }
+	@test -n $(call q,$(ENV_DIR)) || { echo "make env: set ENV_DIR=/path/to/environment (or ENV_DIR in local.mk)" >&2; exit 2; }
 	$(if $(filter 1,$(DRY_RUN)),$(ENV_SETUP_DRY),$(ENV_SETUP_JOB))
 
 env-check: $(VENV_STAMP) ## check that ENV_DIR can run the jobs (versions, GPUs, imports)
 	$(if $(filter pbs,$(SCHEDULER)),$(SUBMIT) --template pbs/run_step.pbs --name env-check \
-		--walltime $(call walltime,00:10:00) --var STEP=env_check --var 'STEP_ARGS=$(ENV_CHECK_FLAGS)', \
+		--walltime $(call walltime,00:10:00) --var STEP=env_check --var $(call q,STEP_ARGS=$(ENV_CHECK_FLAGS)), \
 		cd $(REPO) && $(PY) scripts/env_check.py $(ENV_CHECK_FLAGS))
 
 # args/init/train/train-seeds/chain: DATA_LIST reads another mixture list than tasks/<TASK>/train_data_<SIZE>.sh;
@@ -258,41 +291,43 @@ CONVERT_WALLTIME ?= 04:00:00
 SOUP_WALLTIME ?= 04:00:00
 $(if $(BASE_ITER),$(call require_int,BASE_ITER))
 # the run and its inputs, as scripts/train_args.py and scripts/train.py take them
-TRAIN_RUN = --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' --data-list '$(DATA_LIST)' \
-	--tokenizer-model '$(TOKENIZER_MODEL)' --env-dir '$(ENV_DIR)' --megatron-path '$(MEGATRON_PATH)' \
-	--wandb-entity '$(WANDB_ENTITY)' --wandb-project '$(WANDB_PROJECT)' --train-python '$(TRAIN_PYTHON)'
-TRAIN_JOB = --gpus-per-node '$(GPUS_PER_NODE)' --launcher-knob '$(LAUNCHER)' --master-port '$(MASTER_PORT)' \
+TRAIN_RUN = --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PARAM)) --size $(SIZE) \
+	--data-list $(call q,$(DATA_LIST)) --tokenizer-model $(call q,$(TOKENIZER_MODEL)) --env-dir $(call q,$(ENV_DIR)) \
+	--megatron-path $(call q,$(MEGATRON_PATH)) --wandb-entity $(call q,$(WANDB_ENTITY)) \
+	--wandb-project $(call q,$(WANDB_PROJECT)) --train-python $(call q,$(TRAIN_PYTHON))
+TRAIN_JOB = --gpus-per-node $(call q,$(GPUS_PER_NODE)) --launcher-knob $(call q,$(LAUNCHER)) \
+	--master-port $(call q,$(MASTER_PORT)) \
 	--walltime $(call walltime,168:00:00) $(if $(filter 1,$(FORCE)),--force)
 # train.py submits every job through scripts/submit.py with the flags of $(SUBMIT) (all its words after the script)
 SUBMIT_FLAGS = $(wordlist 3,$(words $(SUBMIT)),$(SUBMIT))
 TRAIN = $(PY) $(REPO)/scripts/train.py
 args: $(VENV_STAMP) ## print the Megatron arguments of a run (TASK PARAM SIZE SEED), one per line
-	@$(PY) $(REPO)/scripts/train_args.py $(TRAIN_RUN) --seed $(SEED) --mode '$(ARGS_MODE)' \
+	@$(PY) $(REPO)/scripts/train_args.py $(TRAIN_RUN) --seed $(SEED) --mode $(call q,$(ARGS_MODE)) \
 		--launcher $(if $(filter torchrun,$(LAUNCHER)),torchrun,mpi)
 
 init: $(VENV_STAMP) ## prepare a run directory from the pretrained checkpoint (BASE_CKPT)
-	$(PY) $(REPO)/scripts/init_run.py --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' \
-		--seed $(SEED) --base-ckpt '$(BASE_CKPT)' $(if $(BASE_ITER),--base-iter $(BASE_ITER)) \
+	$(PY) $(REPO)/scripts/init_run.py --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PARAM)) \
+		--size $(SIZE) --seed $(SEED) --base-ckpt $(call q,$(BASE_CKPT)) $(if $(BASE_ITER),--base-iter $(BASE_ITER)) \
 		$(if $(filter 1,$(FORCE)),--force)
 
 ckpt-info: $(VENV_STAMP) ## describe a Megatron checkpoint without Megatron (CKPT)
-	@test -n '$(CKPT)' || { echo "make ckpt-info: set CKPT=<checkpoints folder, iter_NNNNNNN folder or run folder>" >&2; exit 2; }
-	$(PY) $(REPO)/scripts/ckpt_info.py --ckpt '$(CKPT)'
+	@test -n $(call q,$(CKPT)) || { echo "make ckpt-info: set CKPT=<checkpoints folder, iter_NNNNNNN folder or run folder>" >&2; exit 2; }
+	$(PY) $(REPO)/scripts/ckpt_info.py --ckpt $(call q,$(CKPT))
 
 train: $(VENV_STAMP) ## submit one training run (TASK PARAM SIZE SEED NODES [DEPEND])
 	$(TRAIN) submit $(TRAIN_RUN) --seed $(SEED) $(TRAIN_JOB) $(SUBMIT_FLAGS)
 
 train-seeds: $(VENV_STAMP) ## submit one training run per seed in SEEDS
-	$(TRAIN) seeds $(TRAIN_RUN) --seeds '$(SEEDS)' $(TRAIN_JOB) $(SUBMIT_FLAGS)
+	$(TRAIN) seeds $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SUBMIT_FLAGS)
 
 chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, chained with afterok
-	$(TRAIN) chain $(TRAIN_RUN) --seeds '$(SEEDS)' $(TRAIN_JOB) $(SUBMIT_FLAGS) --base-ckpt '$(BASE_CKPT)' \
-		$(if $(BASE_ITER),--base-iter $(BASE_ITER)) --cpu-queue '$(CPU_QUEUE)' \
-		--convert-walltime '$(CONVERT_WALLTIME)' --soup-walltime '$(SOUP_WALLTIME)' \
-		--convert-opt='--converter=$(CONVERTER)' --convert-opt='--hf-tokenizer-dir=$(HF_TOKENIZER_DIR)' \
-		--convert-opt='--vocab-size=$(VOCAB_SIZE)' --convert-opt='--dtype=$(CONVERT_DTYPE)' \
-		--soup-name '$(NAME)' --merge-dir '$(MERGE_DIR)' \
-		--soup-var 'VERIFY=$(SOUP_VERIFY)' --soup-var 'CUDA=$(CUDA)' --soup-var 'SHARD_SIZE=$(SOUP_SHARD_SIZE)'
+	$(TRAIN) chain $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SUBMIT_FLAGS) --base-ckpt $(call q,$(BASE_CKPT)) \
+		$(if $(BASE_ITER),--base-iter $(BASE_ITER)) --cpu-queue $(call q,$(CPU_QUEUE)) \
+		--convert-walltime $(call q,$(CONVERT_WALLTIME)) --soup-walltime $(call q,$(SOUP_WALLTIME)) \
+		--convert-opt=$(call q,--converter=$(CONVERTER)) --convert-opt=$(call q,--hf-tokenizer-dir=$(HF_TOKENIZER_DIR)) \
+		--convert-opt=$(call q,--vocab-size=$(VOCAB_SIZE)) --convert-opt=$(call q,--dtype=$(CONVERT_DTYPE)) \
+		--soup-name $(call q,$(NAME)) --merge-dir $(call q,$(MERGE_DIR)) --soup-var $(call q,VERIFY=$(SOUP_VERIFY)) \
+		--soup-var $(call q,CUDA=$(CUDA)) --soup-var $(call q,SHARD_SIZE=$(SOUP_SHARD_SIZE))
 
 # convert: CONVERTER=megatron (the three Megatron-LM steps on GPUs; MEGATRON_PATH or ENV_DIR) or native
 # (scripts/convert_to_hf.py on a CPU node, CPU_QUEUE if set); ITER=N or latest (the default, read when the job
@@ -304,10 +339,11 @@ VOCAB_SIZE ?=
 CONVERT_DTYPE ?= bf16
 convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face format (ITER, CONVERTER)
 	$(PY) $(REPO)/scripts/convert.py $(if $(filter 1,$(DRY_RUN)),plan,submit) $(TRAIN_RUN) --seed $(SEED) \
-		--launcher $(if $(filter torchrun,$(LAUNCHER)),torchrun,mpi) --iter '$(or $(ITER),latest)' \
-		--converter '$(CONVERTER)' --hf-tokenizer-dir '$(HF_TOKENIZER_DIR)' --vocab-size '$(VOCAB_SIZE)' \
-		--dtype '$(CONVERT_DTYPE)' --cpu-queue '$(CPU_QUEUE)' --walltime $(call walltime,$(CONVERT_WALLTIME)) \
-		--gpus-per-node '$(GPUS_PER_NODE)' --launcher-knob '$(LAUNCHER)' --master-port '$(MASTER_PORT)' \
+		--launcher $(if $(filter torchrun,$(LAUNCHER)),torchrun,mpi) --iter $(call q,$(or $(ITER),latest)) \
+		--converter $(call q,$(CONVERTER)) --hf-tokenizer-dir $(call q,$(HF_TOKENIZER_DIR)) \
+		--vocab-size $(call q,$(VOCAB_SIZE)) --dtype $(call q,$(CONVERT_DTYPE)) --cpu-queue $(call q,$(CPU_QUEUE)) \
+		--walltime $(call walltime,$(CONVERT_WALLTIME)) --gpus-per-node $(call q,$(GPUS_PER_NODE)) \
+		--launcher-knob $(call q,$(LAUNCHER)) --master-port $(call q,$(MASTER_PORT)) \
 		$(if $(filter 1,$(FORCE)),--force) $(SUBMIT_FLAGS)
 
 # soup-config: SEEDS items are SEED, SIZE:SEED (runs of several sizes) or either with @ITER; ITER is the
@@ -326,19 +362,19 @@ SOUP_VERIFY ?= $(if $(filter sample,$(VERIFY)),sample,full)
 CUDA ?= 0
 SOUP_DTYPE ?= bfloat16
 SOUP_SHARD_SIZE ?= 5B
-soup_job_args = --verify '$(SOUP_VERIFY)' --cuda '$(CUDA)' --shard-size '$(SOUP_SHARD_SIZE)'
+soup_job_args = --verify $(call q,$(SOUP_VERIFY)) --cuda $(call q,$(CUDA)) --shard-size $(call q,$(SOUP_SHARD_SIZE))
 soup-config: $(VENV_STAMP) ## write merge/<NAME>.yaml averaging the seed runs
-	$(PY) $(REPO)/scripts/soup_config.py --exp-dir $(EXP_DIR) --task '$(TASK)' --param '$(PARAM)' \
-		--size '$(SIZE)' --seeds '$(SEEDS)' --iter '$(ITER)' --name '$(NAME)' --merge-dir '$(MERGE_DIR)' \
-		--dtype '$(SOUP_DTYPE)' $(if $(DEPEND),--allow-pending)
+	$(PY) $(REPO)/scripts/soup_config.py --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PARAM)) \
+		--size $(SIZE) --seeds $(call q,$(SEEDS)) --iter $(call q,$(ITER)) --name $(call q,$(NAME)) \
+		--merge-dir $(call q,$(MERGE_DIR)) --dtype $(call q,$(SOUP_DTYPE)) $(if $(DEPEND),--allow-pending)
 
 # under PBS the config and ingredients are checked before qsub (only the config while DEPEND is pending)
 soup: $(VENV_STAMP) ## merge the runs of MERGE=merge/<name>.yaml with mergekit and verify
-	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config '$(abspath $(MERGE))' \
-		--exp-dir $(EXP_DIR) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
-	$(SUBMIT) --template pbs/soup.pbs --name 'soup-$(basename $(notdir $(MERGE)))' \
-		--walltime $(call walltime,04:00:00) --var 'MERGE=$(abspath $(MERGE))' --var 'VERIFY=$(SOUP_VERIFY)' \
-		--var 'CUDA=$(CUDA)' --var 'SHARD_SIZE=$(SOUP_SHARD_SIZE)'
+	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,MERGE)) \
+		--exp-dir $(call q,$(EXP_DIR)) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
+	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,MERGE)))) \
+		--walltime $(call walltime,04:00:00) --var $(call q,MERGE=$(call apath,MERGE)) \
+		--var $(call q,VERIFY=$(SOUP_VERIFY)) --var $(call q,CUDA=$(CUDA)) --var $(call q,SHARD_SIZE=$(SOUP_SHARD_SIZE))
 
 # report: RUN_DIR=<run folder(s)> given on the command line wins; else TASK PARAM SIZE with SEEDS when
 # SEEDS is given on the command line (one plot, a line per seed), else SEED. SEQ_LENGTH overrides the
@@ -348,6 +384,6 @@ REPORT_NAME ?=
 report_runs = $(if $(filter command line,$(origin RUN_DIR)),$(RUN_DIR))
 report_seeds = $(if $(filter command line,$(origin SEEDS)),$(SEEDS),$(SEED))
 report: $(VENV_STAMP) ## loss / throughput plots and a summary of a run's training logs
-	$(PY) $(REPO)/scripts/report.py --exp-dir $(EXP_DIR) \
-		$(if $(report_runs),--run-dir $(report_runs),--task '$(TASK)' --param '$(PARAM)' --size '$(SIZE)' --seeds $(report_seeds)) \
-		$(if $(SEQ_LENGTH),--seq-length '$(SEQ_LENGTH)') $(if $(REPORT_NAME),--name '$(REPORT_NAME)')
+	$(PY) $(REPO)/scripts/report.py --exp-dir $(call q,$(EXP_DIR)) $(if $(report_runs),--run-dir $(call qwords,$(report_runs)),\
+		--task $(TASK) --param $(call q,$(PARAM)) --size $(SIZE) --seeds $(call qwords,$(report_seeds))) \
+		$(if $(SEQ_LENGTH),--seq-length $(call q,$(SEQ_LENGTH))) $(if $(REPORT_NAME),--name $(call q,$(REPORT_NAME)))

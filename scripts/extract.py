@@ -26,6 +26,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=1, help="number of chunks the files are split into")
     parser.add_argument("--jobs", default="auto",
                         help="worker processes (a number, or 'auto' = the cores this job may use)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="go on (with a warning) when the raw tree lacks part of what the description expects")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     return parser.parse_args()
 
@@ -36,8 +38,7 @@ def main() -> None:
     if args.chunks < 1:
         fail(f"--chunks {args.chunks}: must be at least 1")
     run_extract(exp_dir(args.exp_dir), load_dataset(args.dataset), chunk=chunk, chunks=args.chunks,
-                jobs=parse_jobs(args.jobs),
-                show_progress=not args.no_progress)
+                jobs=parse_jobs(args.jobs), show_progress=not args.no_progress, allow_partial=args.allow_partial)
 
 
 if __name__ == "__main__":

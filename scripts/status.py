@@ -15,13 +15,14 @@ import datetime as dt
 import json
 import os
 import re
-import subprocess
+import sys
 from pathlib import Path
 
-from pipeline.errors import run_main
+from pipeline.errors import PipelineError, run_main
 from pipeline.megatron_ckpt import ITER_DIR, TRACKER, available_iterations
 from pipeline.megatron_log import find_logs, last_iteration
 from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
+from pipeline.scheduler import qstat_jobs
 from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD, hf_checkpoints
 
 JOBS_SHOWN = 15
@@ -86,16 +87,13 @@ def read_jobs(exp: Path) -> list[dict]:
 
 
 def pbs_states(job_ids: list[str]) -> dict[str, str]:
-    if not job_ids:
-        return {}
     try:
-        result = subprocess.run(["qstat", "-f", "-x", "-F", "json", *job_ids], capture_output=True, text=True,
-                                timeout=60)
-        data = json.loads(result.stdout or "{}")
-    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
+        jobs = qstat_jobs(job_ids, "show the job states")
+    except PipelineError as exc:     # the tables are still worth showing without the states
+        print(f"warning: {exc}", file=sys.stderr)
         return {}
     states = {}
-    for job_id, info in data.get("Jobs", {}).items():
+    for job_id, info in jobs.items():
         state = info.get("job_state", "?")
         if state == "F" and "Exit_status" in info:
             state = f"F (exit {info['Exit_status']})"

@@ -4,7 +4,9 @@
 Every make target that runs a job goes through this script, so both schedulers see the very same
 template and variables. Under PBS it prints the job id alone on stdout (for DEPEND chains) and
 appends a record to $EXP_DIR/jobs.jsonl; locally it emulates the PBS environment, runs every
-array index with bounded parallelism, and exits with the job's status.
+array index with bounded parallelism, and exits with the job's status. A local job dies with this
+process: Ctrl-C, SIGTERM, SIGHUP or the death of whatever started submit.py (make) are passed on
+to the job's process group.
 
     submit.py --template pbs/extract.pbs --name extract-x --var DATASET=x --array 0-7 \\
               --scheduler pbs --group G --queue rt_HC --depend 123.pbs1
@@ -19,7 +21,6 @@ import re
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from pathlib import Path
 from pipeline.errors import fail, run_main
 from pipeline.paths import REPO_DIR, jobs_file, logs_dir
 from pipeline.provenance import git_commit, now_iso
+from pipeline.scheduler import LocalJobs, die_with_parent, run_pbs
 
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,235}$")
@@ -38,6 +40,7 @@ DEPEND_TYPES = ("afterok", "afterany", "afternotok")
 WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
 ARRAY = re.compile(r"^(\d+)-(\d+)(?::(\d+))?(?:%(\d+))?$")
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@%+=-]*$")
+PARENT_PID = os.getppid()   # who started us (make, train.py): a local job must not outlive it
 
 
 @dataclass
@@ -147,10 +150,11 @@ def submit_pbs(job: Job, args: argparse.Namespace, exp: Path) -> int:
         print(shlex.join(cmd))
         return 0
     logs_dir(exp).mkdir(parents=True, exist_ok=True)
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
-        fail("qsub not found on PATH: SCHEDULER=pbs must run on a PBS login node (or use SCHEDULER=local)")
+    result = run_pbs(cmd, f"submitting {job.template.name} as {job.name}",
+                     missing="qsub not found on PATH: SCHEDULER=pbs must run on a PBS login node (or use "
+                             "SCHEDULER=local)",
+                     after_timeout="The job may have been queued all the same: look with qstat -u $USER before "
+                                   "submitting again. ")
     if result.returncode != 0:
         message = (result.stderr or result.stdout).strip()
         fail(f"qsub failed (exit {result.returncode}) for {job.template.name}: {message}")
@@ -189,25 +193,37 @@ def run_local(job: Job, args: argparse.Namespace, exp: Path) -> int:
         return 0
     if job.depend:
         print(f"note: DEPEND={job.depend} ignored locally (local jobs run in order)", file=sys.stderr)
+    # a killed make (or train.py) must not leave its job running: the job has a session of its own
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != PARENT_PID:
+        fail(f"job {job.name}: the process that started submit.py is gone; nothing was run")
     with tempfile.NamedTemporaryFile("w", prefix="pbs_nodefile.", suffix=".txt", delete=False) as nodefile:
         nodefile.write(socket.gethostname() + "\n")
     started = now_iso()
+    jobs = LocalJobs()
     try:
-        def run_one(index: int | None) -> int:
-            proc = subprocess.Popen(cmd, env=_local_env(job, job_id, Path(nodefile.name), index),
-                                    start_new_session=True)
-            try:
-                return proc.wait()
-            except BaseException:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                raise
+        def run_one(index: int | None) -> int | None:
+            return jobs.run(cmd, _local_env(job, job_id, Path(nodefile.name), index))
 
         if len(indices) == 1:
             statuses = {indices[0]: run_one(indices[0])}
         else:
             with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-                statuses = dict(zip(indices, pool.map(run_one, indices)))
+                futures = [pool.submit(run_one, index) for index in indices]
+                try:
+                    statuses = {index: future.result() for index, future in zip(indices, futures)}
+                except KeyboardInterrupt:
+                    jobs.stop()     # before the pool waits for its threads, which wait for the jobs
+                    raise
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM/SIGHUP (pipeline.errors.Terminated)
+        jobs.stop()
+        how = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
+        record(exp, {"time": started, "end_time": now_iso(), "scheduler": "local", "template": str(job.template),
+                     "name": job.name, "variables": job.variables, "array": job.array, "job_id": job_id,
+                     "exit_status": 128 + getattr(exc, "signum", signal.SIGINT), "interrupted": how,
+                     "git_commit": git_commit()})
+        print(f"error: job {job.name} stopped ({how}): its processes were sent SIGTERM", file=sys.stderr)
+        raise
     finally:
         os.unlink(nodefile.name)
     failed = {i: s for i, s in statuses.items() if s != 0}

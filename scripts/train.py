@@ -33,6 +33,7 @@ from pipeline.megatron_ckpt import TRACKER, completeness_problems, read_tracker
 from pipeline.midtrain import RunLayout, resolve_base
 from pipeline.params import load_train_params, param_name
 from pipeline.paths import PBS_DIR, REPO_DIR, jobs_file, run_dir
+from pipeline.scheduler import qstat_jobs
 from train_args import add_run_arguments, spec_from_args, write_resolved
 
 SUBMIT = REPO_DIR / "scripts" / "submit.py"
@@ -122,12 +123,12 @@ def qstat_state(job_id: str) -> str | None:
     return job.get("job_state") if job else None
 
 
-def last_train_job(exp: Path, run: Path) -> str | None:
-    """The id of the last PBS train job submitted for `run`, from EXP_DIR/jobs.jsonl."""
+def train_jobs(exp: Path, run: Path) -> list[str]:
+    """The ids of every PBS train job submitted for `run`, newest first, from EXP_DIR/jobs.jsonl."""
     path = jobs_file(exp)
     if not path.is_file():
-        return None
-    last = None
+        return []
+    found: list[str] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -137,17 +138,21 @@ def last_train_job(exp: Path, run: Path) -> str | None:
             print(f"warning: {path}:{number}: not JSON, skipped", file=sys.stderr)
             continue
         if entry.get("scheduler") == "pbs" and Path(entry.get("template", "")).name == TRAIN_TEMPLATE.name \
-                and (entry.get("variables") or {}).get("RUN_DIR") == str(run):
-            last = entry.get("job_id")
-    return last
+                and (entry.get("variables") or {}).get("RUN_DIR") == str(run) and entry.get("job_id"):
+            found.append(entry["job_id"])
+    return list(dict.fromkeys(reversed(found)))
 
 
 def live_job(exp: Path, run: Path) -> tuple[str, str] | None:
-    job_id = last_train_job(exp, run)
-    if job_id is None:
-        return None
-    state = qstat_state(job_id)
-    return (job_id, state) if state in LIVE_STATES else None
+    """(id, state) of the newest live train job of `run`: every job of the run is asked about, since an
+    older one may still run after a later, forced one has finished."""
+    job_ids = train_jobs(exp, run)
+    states = qstat_jobs(job_ids, f"check for a live train job of {run} (FORCE=1 skips the check)")
+    for job_id in job_ids:
+        state = states.get(job_id, {}).get("job_state")
+        if state in LIVE_STATES:
+            return job_id, state
+    return None
 
 
 # --- submission ---------------------------------------------------------------------------------

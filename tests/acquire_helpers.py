@@ -16,7 +16,7 @@ from conftest import REPO, SCRIPTS
 
 DOLMINO = "dolmino-mix-1124"
 
-# what the built-in sample must turn into (FACTS section 1 names, without data/)
+# what the built-in sample must turn into (the earlier pipeline's merged names, without data/)
 SAMPLE_MERGED = sorted([
     "dclm/dclm-0000-0009.jsonl", "dclm/dclm-0010-0011.jsonl", "flan/flan-all.jsonl", "pes2o/pes2o-all.jsonl",
     "stackexchange/stackexchange-all.jsonl", "wiki/wiki-all.jsonl",

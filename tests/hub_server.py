@@ -7,6 +7,8 @@ Loopback only, started by the tests. It serves one dataset repository at one com
     HEAD /datasets/{repo}/resolve/{rev}/{path}            X-Repo-Commit, ETag, Content-Length
     GET  /datasets/{repo}/resolve/{rev}/{path}            the bytes (Range supported)
 
+Other commits can be added (`commits`, with `main` pointing at the newest), and `gated` refuses every
+request as the hub does for a gated repository whose terms the token's account has not accepted.
 Files flagged as LFS behave as on the real hub: /resolve answers 302 to a "CDN" on another host
 name (localhost instead of 127.0.0.1) with X-Linked-Etag (the sha256) and X-Linked-Size, and the
 CDN serves the bytes. Faults for the tests: `truncate` (the next GET of a path sends half of the
@@ -52,6 +54,16 @@ class HubRepo:
     files: dict[str, HubFile] = field(default_factory=dict)
     commit: str = COMMIT
     page_size: int = 7
+    gated: bool = False            # every request refused as for a gated repo whose terms are not accepted
+    commits: dict[str, dict[str, HubFile]] = field(default_factory=dict)   # other commits -> their files
+    main: str | None = None        # the commit `main` points to (default: `commit`)
+
+    def sha_of(self, rev: str) -> str:
+        return (self.main or self.commit) if rev == "main" else rev
+
+    def files_at(self, rev: str) -> dict[str, HubFile] | None:
+        sha = self.sha_of(rev)
+        return self.files if sha == self.commit else self.commits.get(sha)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -92,6 +104,9 @@ class _Handler(BaseHTTPRequestHandler):
                            self.headers.get("Authorization"))
         repo = self.server.repo
         prefix = f"/api/datasets/{repo.repo_id}/"
+        if repo.gated and path.startswith((prefix, f"/datasets/{repo.repo_id}/")):
+            return self._error(403, "GatedRepo", f"Access to dataset {repo.repo_id} is restricted and you are not in "
+                                                 "the authorized list.")
         if path.startswith(prefix + "revision/"):
             return self._revision(path[len(prefix + "revision/"):])
         if path.startswith(prefix + "tree/"):
@@ -103,21 +118,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "RepoNotFound", f"no route {path}")
 
     def _known_revision(self, rev: str) -> bool:
-        return rev in (self.server.repo.commit, "main")
+        return self.server.repo.files_at(rev) is not None
 
     def _revision(self, rev: str) -> None:
         if not self._known_revision(rev):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         repo = self.server.repo
-        self._json({"id": repo.repo_id, "sha": repo.commit, "private": False,
-                    "siblings": [{"rfilename": p} for p in sorted(repo.files)]})
+        self._json({"id": repo.repo_id, "sha": repo.sha_of(rev), "private": False,
+                    "siblings": [{"rfilename": p} for p in sorted(repo.files_at(rev))]})
 
     def _tree(self, rest: str, query: dict) -> None:
         rev, _, sub = rest.partition("/")
         if not self._known_revision(rev):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         recursive = query.get("recursive", ["false"])[0] in ("true", "True", "1")
-        entries = self.server.listing(sub.strip("/"), recursive)
+        entries = self.server.listing(sub.strip("/"), recursive, self.server.repo.files_at(rev))
         start = int(query.get("cursor", ["0"])[0])
         page = entries[start:start + self.server.repo.page_size]
         headers = {}
@@ -132,10 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.server.repo
         if not self._known_revision(rev):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        hub_file = repo.files.get(name)
+        hub_file = repo.files_at(rev).get(name)
         if hub_file is None:
-            return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.commit}, head)
-        common = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
+            return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha_of(rev)}, head)
+        common = {"X-Repo-Commit": repo.sha_of(rev), "Accept-Ranges": "bytes"}
         if hub_file.lfs:
             location = f"http://localhost:{self.server.server_port}/cdn/{hub_file.sha256}"
             return self._send(302, b"", {**common, "Location": location, "ETag": f'"{hub_file.blob_id}"',
@@ -221,9 +236,10 @@ class HubServer(ThreadingHTTPServer):
                     got.append(name)
         return got
 
-    def listing(self, sub: str, recursive: bool) -> list[dict]:
+    def listing(self, sub: str, recursive: bool, files: dict[str, HubFile] | None = None) -> list[dict]:
+        files = self.repo.files if files is None else files
         entries, folders = [], set()
-        for name in sorted(self.repo.files):
+        for name in sorted(files):
             if sub and not name.startswith(sub + "/"):
                 continue
             rest = name[len(sub) + 1:] if sub else name
@@ -233,7 +249,7 @@ class HubServer(ThreadingHTTPServer):
                 continue
             for depth in range(1, len(parts)):
                 folders.add((sub + "/" if sub else "") + "/".join(parts[:depth]))
-            hub_file = self.repo.files[name]
+            hub_file = files[name]
             entry = {"type": "file", "oid": hub_file.blob_id, "path": name,
                      "size": self.listed_size.get(name, len(hub_file.data))}
             if hub_file.lfs:

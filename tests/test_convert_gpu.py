@@ -3,7 +3,7 @@ saved with Megatron's dist-checkpointing (torch_dist), converted by pipeline.hf_
 scripts/convert_to_hf.py), and both
 forward passes compared on the same tokens (GQA with query groups < heads, untied embeddings, vocabulary
 padding). The `cuda` case runs where an NVIDIA GPU and megatron-core are present and skips elsewhere
-(scripts/gpu_checks/run_convert_gpu.sh runs it there); the `cpu` case runs the same check here.
+(tests/gpu/convert_gpu.sh runs it there); the `cpu` case runs the same check here.
 Run with -s to see the max abs difference.
 """
 from __future__ import annotations

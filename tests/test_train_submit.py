@@ -97,8 +97,31 @@ def test_live_job_of_the_same_run_is_refused_unless_force(make, fake_pbs, setup)
         assert refused.returncode != 0 and f"job {first} of this run is still live (state {state})" in refused.stderr
     forced = make("train", "-s", *setup.knobs(), *PBS, "FORCE=1").stdout.strip()
     fake_pbs.set_state(forced, "F", 0)
+    fake_pbs.set_state(first, "F", 0)     # every job of the run has ended (the older one too)
     again = make("train", "-s", *setup.knobs(), *PBS).stdout.strip()
     assert len(fake_pbs.submissions()) == 3 and again not in (first, forced)
+
+
+def test_an_older_live_job_is_found_after_a_later_forced_one_finished(make, fake_pbs, setup):
+    setup.init(42)
+    older = make("train", "-s", *setup.knobs(), *PBS).stdout.strip()
+    fake_pbs.set_state(older, "R")
+    forced = make("train", "-s", *setup.knobs(), *PBS, "FORCE=1").stdout.strip()
+    fake_pbs.set_state(forced, "F", 0)
+    third = make("train", *setup.knobs(), *PBS, check=False)
+    assert third.returncode != 0 and f"job {older} of this run is still live (state R)" in third.stderr
+    assert len(fake_pbs.submissions()) == 2
+
+
+def test_a_hanging_qstat_times_out_with_a_message(make, fake_pbs, setup, tmp_path):
+    setup.init(42)
+    make("train", "-s", *setup.knobs(), *PBS)
+    write_executable(tmp_path / "hang" / "qstat", "#!/bin/sh\nexec sleep 60\n")
+    result = make("train", *setup.knobs(), *PBS, "PBS_TIMEOUT=1", check=False,
+                  env={"PATH": f"{tmp_path / 'hang'}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "qstat did not answer within 1 s (check for a live train job of" in result.stderr
+    assert "(FORCE=1 skips the check)" in result.stderr and len(fake_pbs.submissions()) == 1
 
 
 def test_train_seeds_submits_one_run_per_seed(make, fake_pbs, setup):

@@ -26,7 +26,7 @@ PRETRAIN_ITER = 30
 CONSUMED = 240
 _CACHE: dict[str, Path] = {}
 
-# the LLM-jp 50B ratios (FACTS section 2): weight = ceil(tokens x ratio)
+# the LLM-jp 50B ratios: weight = ceil(tokens x ratio)
 RATIOS_50B = {"dclm": Fraction("0.0323"), "flan": Fraction("0.5"), "pes2o": Fraction("0.0515")}
 
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from pipeline.errors import naming
+
 
 def tmp_path_for(path: Path) -> Path:
     """The temporary name used while `path` is being written (same folder, so rename is atomic)."""
@@ -17,14 +19,15 @@ def tmp_path_for(path: Path) -> Path:
 def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success fsync and rename it into place.
 
-    On any exception the temporary file is removed and `path` is left as it was.
+    On any exception the temporary file is removed and `path` is left as it was; an OSError of a
+    write (disk full) names `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
     kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
     try:
-        with open(tmp, mode, **kwargs) as handle:
+        with naming(path), open(tmp, mode, **kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -44,11 +47,16 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete `.name.tmp.PID` leftovers of killed runs below `folder`; returns how many."""
+def remove_temporaries(path: str | os.PathLike) -> int:
+    """Delete the `.name.tmp.PID` leftovers of `path`; returns how many.
+
+    Only under `path`'s lock (pipeline.locks.output_lock): every writer holds it, so whoever wrote
+    these is gone, and a live run's temporaries are never touched.
+    """
+    path = Path(path)
     removed = 0
-    for tmp in Path(folder).rglob(".*.tmp.*"):
-        if tmp.is_file():
-            tmp.unlink()
+    if path.parent.is_dir():
+        for leftover in path.parent.glob(f".{path.name}.tmp.*"):
+            leftover.unlink(missing_ok=True)
             removed += 1
     return removed

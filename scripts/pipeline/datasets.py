@@ -1,8 +1,10 @@
 """Dataset descriptions (tasks/datasets/<name>.yaml): which files a dataset has, how they are grouped.
 
-A description names the hub repository (pinned revision), the files that belong to each source
-(path patterns relative to the raw tree, which mirrors the hub repository), the files to leave out,
-and how the merged outputs are grouped and named. Everything is validated on load; unknown keys,
+A description names the hub repository (pinned revision; `gated: true` when its terms must be
+accepted on the website), the files that belong to each source (path patterns relative to the raw
+tree, which mirrors the hub repository), the files to leave out, how the merged outputs are grouped
+and named, and what is known to exist (`expect`: per source, every value a placeholder must take and
+a minimum file count; every source needs at least one file), which download and extract check. Everything is validated on load; unknown keys,
 bad patterns and bad templates fail naming the file and the key.
 
 Pattern syntax (used in `files`, `exclude` and INCLUDE):
@@ -138,6 +140,14 @@ class ParquetOptions:
 
 
 @dataclass
+class Expectation:
+    """What a source is known to hold: at least `min_files` files, and files for every listed value
+    of each placeholder (every numbered dclm folder, every math subset)."""
+    values: dict[str, list[str]] = field(default_factory=dict)
+    min_files: int = 1
+
+
+@dataclass
 class Dataset:
     name: str
     path: Path
@@ -148,6 +158,8 @@ class Dataset:
     exclude: list[Pattern]
     parquet: ParquetOptions
     description: str = ""
+    gated: bool = False
+    expect: dict[str, Expectation] = field(default_factory=dict)
 
     @property
     def revision_pinned(self) -> bool:
@@ -165,6 +177,29 @@ class Dataset:
             fail(f"{self.path}: {path} is matched by sources {', '.join(s.name for s, _ in found)}; "
                  "make their patterns disjoint")
         return found[0] if found else None
+
+    def missing(self, paths) -> list[str]:
+        """What the description says the dataset holds but `paths` lack, one line per gap (empty when
+        complete): a revision pinned in the middle of an upload, or a raw tree copied in part."""
+        captured: dict[str, list[dict[str, str]]] = {name: [] for name in self.sources}
+        for path in paths:
+            found = self.source_of(path)
+            if found is not None:
+                captured[found[0].name].append(found[1])
+        problems = []
+        for name, source in self.sources.items():
+            expected = self.expect.get(name, Expectation())
+            have = captured[name]
+            if len(have) < expected.min_files:
+                problems.append(f"{name}: {len(have)} file(s) matching {', '.join(p.text for p in source.patterns)}, "
+                                f"at least {expected.min_files} expected")
+            for key, values in expected.values.items():
+                present = {c[key] for c in have}
+                gaps = [v for v in values if v not in present]
+                if gaps:
+                    problems.append(f"{name}: no files for {{{key}}} = {shorten(gaps)} ({len(gaps)} of {len(values)} "
+                                    f"expected values missing)")
+        return problems
 
     def select(self, paths, include: list[Pattern] | None = None) -> list[str]:
         """The described (not excluded) paths, narrowed by INCLUDE patterns; sorted."""
@@ -235,6 +270,51 @@ def _load_source(name: str, section: Section) -> Source:
                   group_size=group_size, group_key=group_key)
 
 
+def shorten(values: list[str], shown: int = 8) -> str:
+    """'0201-0246' for a run of consecutive zero-padded numbers, else the first few values."""
+    parts: list[str] = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1].isdigit() and values[j].isdigit() \
+                and len(values[j + 1]) == len(values[j]) and int(values[j + 1]) == int(values[j]) + 1:
+            j += 1
+        parts.append(values[i] if i == j else f"{values[i]}-{values[j]}")
+        i = j + 1
+    return ", ".join(parts[:shown]) + (f", ... ({len(parts) - shown} more)" if len(parts) > shown else "")
+
+
+def _expected_values(text, where: str) -> list[str]:
+    """A list of values, or 'FIRST-LAST' for every zero-padded number between (0000-0246)."""
+    if isinstance(text, list):
+        if not text or not all(isinstance(v, str) and v for v in text):
+            fail(f"{where}: expected a non-empty list of quoted strings (YAML reads 0000 as the number 0)")
+        return list(text)
+    if isinstance(text, str):
+        match = re.fullmatch(r"(\d+)-(\d+)", text)
+        if match and len(match[1]) == len(match[2]) and int(match[1]) <= int(match[2]):
+            return [f"{n:0{len(match[1])}d}" for n in range(int(match[1]), int(match[2]) + 1)]
+    fail(f"{where}: expected a list of values or a range like '0000-0246' (equal widths), got {text!r}")
+
+
+def _load_expect(doc: Section, sources: dict[str, Source]) -> dict[str, Expectation]:
+    section = doc.section("expect", {})
+    unknown = sorted(set(section.data) - set(sources))
+    if unknown:
+        fail(f"{section.where()}: {', '.join(map(str, unknown))} is not a source (sources: {', '.join(sources)})")
+    expect = {}
+    for name in section.data:
+        entry = section.section(name)
+        placeholders = set(sources[name].patterns[0].names)
+        entry.check_keys(optional={"files", *placeholders})
+        files = entry.get("files", int, 1)
+        if files < 1:
+            fail(f"{entry.where('files')}: must be >= 1, got {files}")
+        values = {key: _expected_values(entry.data[key], entry.where(key)) for key in entry.data if key != "files"}
+        expect[name] = Expectation(values=values, min_files=files)
+    return expect
+
+
 def load_dataset(name_or_path: str | os.PathLike) -> Dataset:
     """Load tasks/datasets/<name>.yaml (or a path to a description file) and validate it."""
     text = str(name_or_path)
@@ -243,14 +323,14 @@ def load_dataset(name_or_path: str | os.PathLike) -> Dataset:
         known = sorted(p.stem for p in DATASETS_DIR.glob("*.yaml")) if DATASETS_DIR.is_dir() else []
         fail(f"{path}: no description for dataset {text!r} (known: {', '.join(known) or 'none'})")
     doc = Section(load_yaml(path), path)
-    doc.check_keys(required={"name", "hub", "sources"}, optional={"description", "exclude", "parquet"})
+    doc.check_keys(required={"name", "hub", "sources"}, optional={"description", "exclude", "parquet", "expect"})
     name = doc.get("name", str)
     if not NAME.match(name):
         fail(f"{doc.where('name')}: {name!r} is not a valid dataset name (letters, digits, _.-)")
     if name != path.stem:
         fail(f"{doc.where('name')}: {name!r} must match the file name {path.stem!r}")
     hub = doc.section("hub")
-    hub.check_keys(required={"repo_id", "revision"}, optional={"repo_type"})
+    hub.check_keys(required={"repo_id", "revision"}, optional={"repo_type", "gated"})
     repo_id = hub.get("repo_id", str)
     if not REPO_ID.match(repo_id):
         fail(f"{hub.where('repo_id')}: {repo_id!r} is not an owner/name repository id")
@@ -279,7 +359,8 @@ def load_dataset(name_or_path: str | os.PathLike) -> Dataset:
         sources[source_name] = _load_source(source_name, sources_doc.section(source_name))
     return Dataset(name=name, path=path, repo_id=repo_id, revision=revision, repo_type=repo_type,
                    sources=sources, exclude=[Pattern(e, doc.where("exclude")) for e in exclude],
-                   parquet=parquet, description=doc.get("description", str, ""))
+                   parquet=parquet, description=doc.get("description", str, ""),
+                   gated=hub.get("gated", bool, False), expect=_load_expect(doc, sources))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,14 +394,38 @@ def extracted_name(path: str) -> str:
 
 
 def scan_tree(root: Path) -> list[str]:
-    """Relative paths (with '/') of the files below `root`, hidden files and folders skipped."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        for name in filenames:
-            if not name.startswith("."):
-                found.append(name if rel == "." else f"{rel}/{name}".replace(os.sep, "/"))
+    """Relative paths (with '/') of the files below `root`, hidden files and folders skipped, sorted.
+
+    Symlinked folders are followed (the usual way to keep part of the data on another disk). A link
+    back to a folder already read (a loop, or the same data under two names), a link to nothing and
+    anything that is neither file nor folder fail naming the path: files are never silently left out
+    or read twice.
+    """
+    found: list[str] = []
+    seen: dict[tuple[int, int], str] = {}
+
+    def walk(folder: Path, rel: str) -> None:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            fail(f"{folder}: a symbolic link to {os.path.realpath(folder)}, which this tree already holds as "
+                 f"{root / seen[info.st_dev, info.st_ino]} (a loop, or the same files twice); remove the link")
+        seen[info.st_dev, info.st_ino] = rel or "."
+        with os.scandir(folder) as entries:
+            ordered = sorted(entries, key=lambda e: e.name)
+        for entry in ordered:
+            if entry.name.startswith("."):
+                continue
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir():          # follows symbolic links
+                walk(Path(entry.path), path)
+            elif entry.is_file():
+                found.append(path)
+            elif entry.is_symlink():
+                fail(f"{entry.path}: a symbolic link to {os.readlink(entry.path)}, which does not exist")
+            else:
+                fail(f"{entry.path}: neither a file nor a folder")
+
+    walk(root, "")
     return sorted(found)
 
 

@@ -10,6 +10,8 @@ chunk runs its files on `jobs` worker processes. State, in state_dir(exp, datase
                             last (or later by merge's check), lists every output
     cleaned.json            written by clean-intermediate: records are then enough to be up to date
 A file is redone when its record is missing or its source or output changed (size or mtime).
+Each output is written under its lock (pipeline.locks), and its record before the lock is let go:
+a concurrent run refuses the file it is writing and skips what it finished.
 """
 from __future__ import annotations
 
@@ -19,15 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import atomic_output, write_json
+from pipeline.atomic import atomic_output, remove_temporaries, write_json
 from pipeline.datasets import Dataset, check_extracted_names, raw_kind, scan_tree
 from pipeline.errors import fail
-from pipeline.hub import human
+from pipeline.hub import check_raw_tree, human
+from pipeline.locks import output_lock
 from pipeline.paths import extracted_dir, raw_dir, state_dir
 from pipeline.provenance import provenance
 from pipeline.streams import extract_file, report_to_counter, run_with_progress
 
 MAX_ERRORS_SHOWN = 10
+# what extract writes for a raw file; bump when the bytes change for the same input (records
+# without it are version 1), so that earlier outputs are redone
+FORMAT = 1
 
 
 def parse_jobs(text: str) -> int:
@@ -102,7 +108,8 @@ def split_chunks(tasks: list[Task], chunks: int) -> list[list[Task]]:
 
 def is_done(exp: Path, dataset: str, task: Task, cleaned: bool = False) -> bool:
     record = read_json(record_path(exp, dataset, task.raw))
-    if record is None or record.get("source_size") != task.size or record.get("source_mtime_ns") != task.mtime_ns:
+    if record is None or record.get("source_size") != task.size or record.get("source_mtime_ns") != task.mtime_ns \
+            or record.get("format", 1) != FORMAT:
         return False
     if cleaned:
         return True
@@ -121,22 +128,28 @@ def is_cleaned(exp: Path, dataset: str) -> bool:
 # workers
 # ---------------------------------------------------------------------------------------------
 
-def _remove_leftovers(path: Path) -> None:
-    """Temporaries of this output left by a killed run (`.name.tmp.PID`)."""
-    if path.parent.is_dir():
-        for leftover in path.parent.glob(f".{path.name}.tmp.*"):
-            leftover.unlink(missing_ok=True)
+def write_record(exp: Path, dataset: str, task: Task, result: tuple[int, int]) -> None:
+    write_json(record_path(exp, dataset, task.raw),
+               {"source": task.raw, "source_size": task.size, "source_mtime_ns": task.mtime_ns,
+                "output": task.out, "bytes": result[0], "mtime_ns": result[1], "format": FORMAT})
 
 
-def extract_one(src: str, dst: str, text_column: str, keep_columns: list[str]) -> tuple[int, int]:
-    """Extract one file (worker side); returns (output bytes, output mtime_ns)."""
+def extract_one(exp: str, dataset: str, task: Task, src: str, dst: str, text_column: str,
+                keep_columns: list[str]) -> tuple[int, int] | None:
+    """Extract one file and write its record (worker side); returns (output bytes, mtime_ns), or
+    None when another run finished it meanwhile. The output's lock is held throughout."""
     src_path, dst_path = Path(src), Path(dst)
     compression, fmt = raw_kind(src)
-    _remove_leftovers(dst_path)
-    with atomic_output(dst_path, "wb") as out:
-        extract_file(src_path, out, compression, fmt, text_column, keep_columns, report_to_counter)
-    stat = dst_path.stat()
-    return stat.st_size, stat.st_mtime_ns
+    with output_lock(dst_path, "being extracted"):
+        if is_done(Path(exp), dataset, task):
+            return None
+        remove_temporaries(dst_path)
+        with atomic_output(dst_path, "wb") as out:
+            extract_file(src_path, out, compression, fmt, text_column, keep_columns, report_to_counter)
+        stat = dst_path.stat()
+        result = stat.st_size, stat.st_mtime_ns
+        write_record(Path(exp), dataset, task, result)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,12 +181,14 @@ def finalize(exp: Path, dataset: Dataset, tasks: list[Task] | None = None) -> di
 
 
 def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jobs: int = 1,
-                show_progress: bool = True) -> dict:
-    """Extract this chunk's files that are not done yet; returns a summary."""
+                show_progress: bool = True, allow_partial: bool = False) -> dict:
+    """Extract this chunk's files that are not done yet; returns a summary. A raw tree without all
+    the description's `expect` says exists is refused unless allow_partial."""
     if not 0 <= chunk < chunks:
         fail(f"chunk {chunk} is outside 0..{chunks - 1}")
     started = time.monotonic()
     tasks = plan(exp, dataset)
+    check_raw_tree(exp, dataset, allow_partial)
     cleaned = is_cleaned(exp, dataset.name)
     if cleaned and not all(is_done(exp, dataset.name, t, True) for t in tasks):
         # the raw tree changed after clean-intermediate: back to the normal rules (redo what is missing)
@@ -190,14 +205,12 @@ def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jo
                                         if cleaned else ""))
     failures: list[str] = []
     results: dict[str, tuple[int, int]] = {}
-    args = {t.raw: (str(raw / t.raw), str(out_dir / t.out), dataset.parquet.text_column,
+    args = {t.raw: (str(exp), dataset.name, t, str(raw / t.raw), str(out_dir / t.out), dataset.parquet.text_column,
                     dataset.parquet.keep_columns) for t in todo}
 
-    def done_one(task: Task, result: tuple[int, int]) -> None:
-        results[task.raw] = result
-        write_json(record_path(exp, dataset.name, task.raw),
-                   {"source": task.raw, "source_size": task.size, "source_mtime_ns": task.mtime_ns,
-                    "output": task.out, "bytes": result[0], "mtime_ns": result[1]})
+    def done_one(task: Task, result: tuple[int, int] | None) -> None:
+        if result is not None:      # None: a concurrent run extracted it first
+            results[task.raw] = result
 
     run_with_progress(todo, extract_one, lambda t: args[t.raw], jobs, desc="extract",
                       total=sum(t.size for t in todo), show_progress=show_progress, on_result=done_one,
@@ -207,7 +220,7 @@ def run_extract(exp: Path, dataset: Dataset, chunk: int = 0, chunks: int = 1, jo
     if failures:
         shown = "\n  ".join(failures[:MAX_ERRORS_SHOWN])
         more = f"\n  ... {len(failures) - MAX_ERRORS_SHOWN} more" if len(failures) > MAX_ERRORS_SHOWN else ""
-        fail(f"extract: {len(failures)} file(s) failed (no output was left for them):\n  {shown}{more}")
+        fail(f"extract: {len(failures)} file(s) not extracted (no partial output is left):\n  {shown}{more}")
     done = finalize(exp, dataset, tasks)
     if done is None:
         pending = sum(1 for t in tasks if not is_done(exp, dataset.name, t, cleaned))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import tmp_path_for
-from pipeline.errors import fail
+from pipeline.errors import fail, naming
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -138,6 +138,10 @@ class IndexedDatasetWriter:
 
     def add_document(self, tokens, lengths=None) -> None:
         """One document: its tokens and, optionally, how they split into sequences (default one)."""
+        with naming(self.bin_final):
+            self._add_document(tokens, lengths)
+
+    def _add_document(self, tokens, lengths) -> None:
         array = np.asarray(tokens, dtype=self.dtype)
         self._bin.write(array.tobytes())
         if lengths is None:
@@ -154,6 +158,10 @@ class IndexedDatasetWriter:
 
         Zero lengths are empty documents (no sequence), as Megatron records them.
         """
+        with naming(self.bin_final):   # a full disk names the output, not a descriptor
+            self._add_token_block(tokens, lengths)
+
+    def _add_token_block(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
         lengths = np.asarray(lengths, dtype=np.int64)
         self._bin.write(memoryview(tokens).cast("B"))  # no copy of the (large) token block
@@ -166,9 +174,14 @@ class IndexedDatasetWriter:
         self.tokens += int(tokens.size)
 
     def finalize(self) -> None:
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
-        self._bin.close()
+        with naming(self.bin_final):
+            self._bin.flush()
+            os.fsync(self._bin.fileno())
+            self._bin.close()
+        with naming(self.idx_final):
+            self._finalize_index()
+
+    def _finalize_index(self) -> None:
         with open(self.idx_tmp, "wb") as idx:
             idx.write(MAGIC)
             idx.write(struct.pack("<QBQQ", VERSION, CODE_OF_DTYPE[self.dtype], self.sequences,

@@ -1,8 +1,10 @@
 """The merge step: <dataset>-extracted/ -> <dataset>-extracted-merged/, grouped by the description.
 
 Each merged output concatenates its inputs in sorted order; every line ends with a newline, blank
-lines are dropped and counted, and with VALIDATE=1 every line must be a JSON object with a string
-`text` (ON_BAD_LINE=fail stops at the first bad line, naming file:line; skip drops and counts).
+lines are dropped and counted, and with VALIDATE=1 every line must be what tokenize accepts
+(pipeline.lines: a JSON object with a string `text` that is valid UTF-8; ON_BAD_LINE=fail stops at
+the first bad line, naming file:line; skip drops and counts). Each output is written under its lock
+(pipeline.locks): a concurrent merge refuses the outputs being written and keeps those finished.
 Beside each output, `<name>.jsonl.meta.json` records its inputs (with their size and mtime),
 documents, bytes and dropped lines; an output is redone only when that record no longer matches.
 The stage sentinel state_dir(exp, dataset, "merge")/done.json lists every output (path relative to
@@ -15,15 +17,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline import extraction
-from pipeline.atomic import atomic_output, write_json
+from pipeline.atomic import atomic_output, remove_temporaries, write_json
 from pipeline.datasets import Dataset, group_files
 from pipeline.errors import fail
 from pipeline.hub import human
+from pipeline.locks import output_lock
 from pipeline.paths import extracted_dir, merged_dir, state_dir
 from pipeline.provenance import provenance
 from pipeline.streams import MergeStats, MergeWriter, report_to_counter, run_with_progress
 
 META_SUFFIX = ".meta.json"
+# what merge writes for the same inputs and options; bump when those bytes change (meta records
+# without it are version 1), so that earlier outputs are redone
+FORMAT = 1
 ON_BAD_LINE = ("fail", "skip")
 
 
@@ -93,7 +99,8 @@ def is_done(exp: Path, dataset: str, job: Job, opts: dict) -> dict | None:
     """The output's meta record when the output is complete and up to date, else None."""
     path = merged_dir(exp, dataset) / job.output
     meta = extraction.read_json(meta_path(path))
-    if meta is None or meta.get("inputs") != job.inputs or meta.get("options") != opts:
+    if meta is None or meta.get("inputs") != job.inputs or meta.get("options") != opts \
+            or meta.get("format", 1) != FORMAT:
         return None
     try:
         stat = path.stat()
@@ -104,25 +111,31 @@ def is_done(exp: Path, dataset: str, job: Job, opts: dict) -> dict | None:
     return meta
 
 
-def merge_one(base: str, output: str, job: Job, opts: dict) -> dict:
-    """Write one merged output and its meta record (worker side); returns the meta record."""
+def merge_one(exp: str, dataset: str, base: str, output: str, job: Job, opts: dict) -> dict:
+    """Write one merged output and its meta record (worker side); returns the meta record.
+
+    The output's lock is held throughout; an output a concurrent run completed meanwhile is kept."""
     out_path = Path(output)
-    extraction._remove_leftovers(out_path)
-    writer = None
-    with atomic_output(out_path, "wb") as handle:
-        handle.flush()
-        writer = MergeWriter(handle.fileno(), opts["validate"], opts["on_bad_line"] or "fail", report_to_counter)
-        for item in job.inputs:
-            writer.append(Path(base) / item["path"])
-    stat = out_path.stat()
-    stats: MergeStats = writer.stats
-    if stats.bytes != stat.st_size:
-        fail(f"{out_path}: wrote {stats.bytes} bytes but the file has {stat.st_size}")
-    meta = {"output": job.output, "source": job.source, "inputs": job.inputs, "options": opts,
-            "documents": stats.documents, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "blank_lines_dropped": stats.blank_lines_dropped, "bad_lines_skipped": stats.bad_lines_skipped,
-            "missing_final_newlines": stats.missing_final_newlines, "bad_line_examples": stats.bad_line_examples}
-    write_json(meta_path(out_path), meta)
+    with output_lock(out_path, "being merged"):
+        meta = is_done(Path(exp), dataset, job, opts)
+        if meta is not None:
+            return meta
+        remove_temporaries(out_path)
+        with atomic_output(out_path, "wb") as handle:
+            handle.flush()
+            writer = MergeWriter(handle.fileno(), opts["validate"], opts["on_bad_line"] or "fail", report_to_counter)
+            for item in job.inputs:
+                writer.append(Path(base) / item["path"])
+        stat = out_path.stat()
+        stats: MergeStats = writer.stats
+        if stats.bytes != stat.st_size:
+            fail(f"{out_path}: wrote {stats.bytes} bytes but the file has {stat.st_size}")
+        meta = {"output": job.output, "source": job.source, "inputs": job.inputs, "options": opts,
+                "documents": stats.documents, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "blank_lines_dropped": stats.blank_lines_dropped, "bad_lines_skipped": stats.bad_lines_skipped,
+                "missing_final_newlines": stats.missing_final_newlines, "bad_line_examples": stats.bad_line_examples,
+                "format": FORMAT}
+        write_json(meta_path(out_path), meta)
     return meta
 
 
@@ -165,7 +178,8 @@ def run_merge(exp: Path, dataset: Dataset, jobs: int = 1, validate: bool = False
 
     # biggest first, so that a large group does not start last
     ordered = sorted(todo, key=lambda j: (-j.size, j.output))
-    run_with_progress(ordered, merge_one, lambda j: (str(base), str(out_dir / j.output), j, opts), jobs,
+    run_with_progress(ordered, merge_one, lambda j: (str(exp), dataset.name, str(base), str(out_dir / j.output), j, opts),
+                      jobs,
                       desc="merge", total=sum(j.size for j in todo), show_progress=show_progress,
                       on_result=done_one, on_error=lambda job, exc: failures.append(str(exc)))
     elapsed = time.monotonic() - started

@@ -1,7 +1,7 @@
 """A small sample laid out exactly like allenai/dolmino-mix-1124, with the real layout's traps.
 
 Text is generated here (deterministic pseudo-random English, Japanese, math and code), so the demo
-and the tests need no download. Traps reproduced (FACTS section 1): every extension the real repo
+and the tests need no download. Traps reproduced (as in the real layout): every extension the real repo
 mixes (.json.zst, .json.gz, .jsonl.gz, .jsonl.zst, plain .jsonl); files whose last line has no
 trailing newline (codesearchnet, dolmino_math_synth); a gsm8k test split that must never reach
 training; blank lines in gsm8k; the misspelled `probem-solving` style folder.

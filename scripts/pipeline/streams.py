@@ -26,7 +26,8 @@ from typing import BinaryIO, Callable
 import numpy as np
 import zstandard
 
-from pipeline.errors import PipelineError, fail
+from pipeline.errors import PipelineError, fail, os_error_message
+from pipeline.lines import line_problem
 from pipeline.progress import progress
 
 READ_BLOCK = 1 << 17          # compressed bytes per read (fits the CPU cache; see bench_data.py)
@@ -225,23 +226,6 @@ class MergeStats:
         self.bad_line_examples.extend(other.bad_line_examples[:max(room, 0)])
 
 
-def bad_line_reason(line: bytes) -> str | None:
-    """Why a JSONL line cannot be tokenized (None when it is a JSON object with a string `text`)."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return f"invalid UTF-8 ({exc.reason} at byte {exc.start})"
-    except ValueError as exc:
-        return f"invalid JSON ({exc})"
-    if not isinstance(record, dict):
-        return f"not a JSON object (a {type(record).__name__})"
-    if "text" not in record:
-        return "no 'text' key"
-    if not isinstance(record["text"], str):
-        return f"'text' is a {type(record['text']).__name__}, not a string"
-    return None
-
-
 def copy_lines(src: Path, out_fd: int, validate: bool = False, on_bad_line: str = "fail",
                report: Report = _no_report) -> MergeStats:
     """Line by line: drop blank lines, terminate every line, optionally check each line's JSON."""
@@ -255,9 +239,9 @@ def copy_lines(src: Path, out_fd: int, validate: bool = False, on_bad_line: str 
                 stats.blank_lines_dropped += 1
                 continue
             if validate:
-                reason = bad_line_reason(line)
-                if reason is not None:
-                    where = f"{src}:{lineno}: {reason}"
+                problem = line_problem(line.rstrip(b"\n"))   # tokenize's own verdict, so it never refuses
+                if problem is not None:
+                    where = f"{src}:{lineno}: {problem}"
                     if on_bad_line == "fail":
                         fail(f"{where} (VALIDATE=1; ON_BAD_LINE=skip drops such lines instead)")
                     stats.bad_lines_skipped += 1
@@ -368,7 +352,8 @@ class MergeWriter:
                     scan_handle.seek(0)
                     newlines, clean, last, scanned = _scan(scan_handle, size, self.fd, self.report)
                 elif copier.error is not None:
-                    raise PipelineError(f"{src}: copy failed: {copier.error}")
+                    # no file name: the output's writer (atomic_output) names the output
+                    raise OSError(copier.error.errno, f"{copier.error.strerror} (copying {src} into it)")
                 elif clean and copier.copied != size:
                     fail(f"{src}: changed while being merged ({copier.copied} of {size} bytes copied)")
             else:
@@ -413,8 +398,8 @@ def run_with_progress(items: list, work: Callable, args_of: Callable, jobs: int,
     """`work(*args_of(item))` for every item: here when jobs <= 1, else in a pool of forked workers.
 
     The workers report bytes through `report_to_counter`; the bar follows that counter. Results come
-    back through `on_result(item, result)`, a PipelineError through `on_error(item, exc)`, so one bad
-    file does not stop the others.
+    back through `on_result(item, result)`, a PipelineError or OSError through `on_error(item, exc)`,
+    so one bad file does not stop the others.
     """
     import concurrent.futures
     import multiprocessing
@@ -428,6 +413,8 @@ def run_with_progress(items: list, work: Callable, args_of: Callable, jobs: int,
             on_result(item, call())
         except PipelineError as exc:
             on_error(item, exc)
+        except OSError as exc:      # disk full, permissions: one line naming the file, like the others
+            on_error(item, PipelineError(os_error_message(exc)))
 
     with progress(total=total, desc=desc, unit="B", unit_scale=True, enabled=show_progress) as bar:
         shown = 0

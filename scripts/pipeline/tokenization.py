@@ -34,7 +34,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import multiprocessing as mp
 import os
 import queue
@@ -49,11 +48,15 @@ import numpy as np
 
 from pipeline.errors import PipelineError, fail
 from pipeline.indexed import IndexedDatasetWriter, data_path, index_path, optimal_dtype
+from pipeline.lines import BAD_KINDS, BadLine, check_encodable, fast_loads, std_loads, texts_of
+from pipeline.scheduler import die_with_parent
 
 TOKENIZER_TYPES = ("Llama2Tokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer")
-BAD_KINDS = ("invalid_json", "missing_key", "non_string", "invalid_utf8")
 ON_BAD = ("error", "skip")
 DEFAULT_CHUNK_BYTES = 1 << 20
+# the layout of what is written for a given input, tokenizer and options (documents, BOS/EOD, dtype,
+# index); bump it whenever a change to this file changes those bytes, so that older outputs are redone
+FORMAT = 1
 INPUT_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".parquet")
 # Megatron's _SentencePieceTokenizer adds these (in this order) before pad, bos and eos
 _SP_SPECIALS = ("<CLS>", "<SEP>", "<EOD>", "<MASK>")
@@ -296,57 +299,6 @@ class ChunkResult:
     blocks: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per key
 
 
-class _BadLine(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _texts_of(record: Any, keys: tuple[str, ...], check_utf8: bool) -> list[str]:
-    if not isinstance(record, dict):
-        raise _BadLine("invalid_json", f"expected a JSON object, got {type(record).__name__}")
-    texts = []
-    for key in keys:
-        if key not in record:
-            raise _BadLine("missing_key", f"no key {key!r}")
-        value = record[key]
-        if not isinstance(value, str):
-            raise _BadLine("non_string", f"key {key!r} holds {type(value).__name__}, not a string")
-        if check_utf8:
-            _check_encodable(value)
-        texts.append(value)
-    return texts
-
-
-def _check_encodable(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _BadLine("invalid_utf8", f"text holds an unpaired surrogate at character {exc.start} "
-                                       "(valid JSON, not encodable as UTF-8)") from None
-
-
-def _std_loads(raw: bytes) -> Any:
-    """Megatron's parse: the line decoded as UTF-8 (strict), then json.loads."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _BadLine("invalid_utf8", f"invalid UTF-8 at byte {exc.start}") from None
-    try:
-        return json.loads(line)
-    except ValueError as exc:
-        raise _BadLine("invalid_json", f"invalid JSON: {exc}") from None
-
-
-try:
-    # orjson parses twice as fast; it accepts a subset of what json.loads accepts (strict UTF-8, no
-    # NaN, no lone surrogates), with the same strings, so anything it refuses goes to _std_loads and
-    # the accepted lines, their texts and every error stay exactly those of the standard library
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - orjson is optional
-    _fast_loads = _std_loads
-
-
 def process_chunk(engine: Engine, keys: tuple[str, ...], seq: int, kind: str, payload: Any,
                   on_bad: str) -> ChunkResult:
     """Parse one chunk (whole JSONL lines as bytes, or parquet columns) and tokenize its documents.
@@ -365,7 +317,7 @@ def _process_chunk(engine: Engine, keys: tuple[str, ...], seq: int, kind: str, p
     result = ChunkResult(seq)
     texts: list[list[str]] = [[] for _ in keys]
 
-    def bad(lineno: int, exc: _BadLine) -> bool:
+    def bad(lineno: int, exc: BadLine) -> bool:
         """Record a bad line; True when the chunk must stop here (on_bad == error)."""
         if on_bad == "error":
             result.error = (lineno, exc.kind, str(exc))
@@ -378,7 +330,7 @@ def _process_chunk(engine: Engine, keys: tuple[str, ...], seq: int, kind: str, p
         if lines and lines[-1] == b"":
             lines.pop()  # the chunk ends with a newline: no line after it
         result.lines = len(lines)
-        fast = _fast_loads
+        fast = fast_loads   # pipeline.lines.parse_line, inlined: this loop is the hot path
         for lineno, raw in enumerate(lines):
             if not raw or raw.isspace():
                 result.blank += 1
@@ -387,9 +339,9 @@ def _process_chunk(engine: Engine, keys: tuple[str, ...], seq: int, kind: str, p
                 try:
                     record = fast(raw)
                 except Exception:  # noqa: BLE001  any refusal: the standard library decides, below
-                    record = _std_loads(raw)
-                values = _texts_of(record, keys, check_utf8)
-            except _BadLine as exc:
+                    record = std_loads(raw)
+                values = texts_of(record, keys, check_utf8)
+            except BadLine as exc:
                 if bad(lineno, exc):
                     return result
                 continue
@@ -402,11 +354,11 @@ def _process_chunk(engine: Engine, keys: tuple[str, ...], seq: int, kind: str, p
             try:
                 for key, column in zip(keys, columns):
                     if not isinstance(column[lineno], str):
-                        raise _BadLine("non_string", f"column {key!r} holds {type(column[lineno]).__name__}, "
-                                                     "not a string")
+                        raise BadLine("non_string", f"column {key!r} holds {type(column[lineno]).__name__}, "
+                                                    "not a string")
                     if check_utf8:
-                        _check_encodable(column[lineno])
-            except _BadLine as exc:
+                        check_encodable(column[lineno])
+            except BadLine as exc:
                 if bad(lineno, exc):
                     return result
                 continue
@@ -564,16 +516,6 @@ class InputReader:
 _WORKER_ENGINE: Engine | None = None
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies (no orphans if the parent is killed)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 _RANGE_FDS: dict[str, int] = {}
 
 
@@ -592,7 +534,7 @@ def _read_range(path: str, start: int, end: int) -> bytes:
 
 
 def _worker_main(keys: tuple[str, ...], on_bad: str, tasks, results, parent_pid: int) -> None:
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)   # no orphan workers if the parent is killed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     engine = _WORKER_ENGINE
     assert engine is not None
@@ -763,14 +705,14 @@ def tokenize_file(input_path: str | os.PathLike, output_prefix: str | os.PathLik
 
 
 def remove_partial_outputs(output_prefix: str | os.PathLike, keys: tuple[str, ...]) -> int:
-    """Delete temporaries a killed run left beside these outputs (`.<name>.tmp.<pid>`)."""
+    """Delete temporaries a killed run left beside these outputs (under their lock: see run_one_file)."""
+    from pipeline.atomic import remove_temporaries
+
     removed = 0
     for key in keys:
         prefix = output_prefix_for(output_prefix, key)
         for final in (data_path(prefix), index_path(prefix)):
-            for tmp in final.parent.glob(f".{final.name}.tmp.*"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
+            removed += remove_temporaries(final)
     return removed
 
 
@@ -789,7 +731,19 @@ def run_one_file(input_path: str | os.PathLike, output_prefix: str | os.PathLike
                  keys: tuple[str, ...] = ("text",), workers: int = 1, on_bad: str = "error",
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, show_progress: bool = True,
                  extra: dict | None = None) -> dict:
-    """Tokenize one file with progress, then write provenance beside each output; returns the record."""
+    """Tokenize one file with progress, then write provenance beside each output; returns the record.
+
+    Holds the outputs' lock (pipeline.locks; re-entrant, so the tokenize stage can hold it longer):
+    a second run writing the same prefix refuses instead of removing this one's temporaries."""
+    from pipeline.locks import output_lock
+
+    with output_lock(output_prefix, "being tokenized"):
+        return _run_one_file(input_path, output_prefix, engine, keys, workers, on_bad, chunk_bytes, show_progress,
+                             extra)
+
+
+def _run_one_file(input_path, output_prefix, engine: Engine, keys: tuple[str, ...], workers: int, on_bad: str,
+                  chunk_bytes: int, show_progress: bool, extra: dict | None) -> dict:
     from pipeline.atomic import write_json
     from pipeline.progress import progress
     from pipeline.provenance import provenance
@@ -814,7 +768,7 @@ def run_one_file(input_path: str | os.PathLike, output_prefix: str | os.PathLike
         "tokenizer": {"type": spec.type, "model": str(spec.model), "sha256": tokenizer_sha256(spec.model),
                       "bos": engine.prefix, "eod": engine.eod if spec.append_eod else None,
                       "append_eod": spec.append_eod, "policy": spec.policy(), "vocab_size": engine.vocab_size},
-        "dtype": engine.dtype.name, "documents": stats.documents, "tokens": stats.tokens, "lines": stats.lines,
+        "format": FORMAT, "dtype": engine.dtype.name, "documents": stats.documents, "tokens": stats.tokens, "lines": stats.lines,
         "blank_lines": stats.blank_lines, "skipped_lines": dict(stats.skipped), "on_bad_line": on_bad,
         "workers": stats.workers, "seconds": round(stats.seconds, 3),
         "input_mb_per_s": round(stats.input_bytes / seconds / 1e6, 3),

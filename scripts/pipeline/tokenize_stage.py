@@ -5,12 +5,14 @@ Inputs are the outputs listed by merge's sentinel, state_dir(exp, dataset, "merg
 `<tokenized>/<path minus .jsonl>_text_document.{bin,idx}` (the merged tree mirrored) with a
 provenance JSON beside it, and a sentinel state_dir(..., "tokenize-<name>")/<path minus .jsonl>.json
 holding the fingerprint it was made from: the merge record's bytes and mtime_ns, the tokenizer's
-sha256, type and BOS/EOD policy, the JSON keys. An output is up to date when its sentinel matches
-and its files have the recorded sizes, so after clean-intermediate removed the merged tree the
+sha256, type and BOS/EOD policy, the JSON keys, the bad-line policy and the output format version
+(pipeline.tokenization.FORMAT; sentinels without one are redone). An output is up to date when its
+sentinel matches and its files have the recorded sizes, so after clean-intermediate removed the merged tree the
 outputs stay up to date (only stale or missing outputs need their input). `done.json` is written
 once every output is up to date, by whichever run completes the last one.
 
-`plan` lists what is not up to date in a plan file (one array index per entry); `run` does one entry.
+`plan` lists what is not up to date in a plan file (one array index per entry); `run` does one entry,
+under the output's lock (pipeline.locks), so two runs of one entry never write it at once.
 """
 from __future__ import annotations
 
@@ -23,9 +25,10 @@ from pathlib import Path
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
 from pipeline.indexed import count_tokens, data_path, index_path, read_header
+from pipeline.locks import output_lock
 from pipeline.paths import merged_dir, state_dir, tokenized_dir
-from pipeline.tokenization import (ON_BAD, TokenizerSpec, build_engine, output_prefix_for, provenance_path,
-                                   run_one_file, strip_input_suffix, tokenizer_sha256)
+from pipeline.tokenization import (FORMAT, ON_BAD, TokenizerSpec, build_engine, output_prefix_for,
+                                   provenance_path, run_one_file, strip_input_suffix, tokenizer_sha256)
 
 
 def stage(tokenizer_name: str) -> str:
@@ -96,15 +99,30 @@ def tokenizer_record(spec: TokenizerSpec, sha256: str) -> dict:
             "bos": spec.bos if spec.type == "Llama2Tokenizer" else None}
 
 
-def fingerprint(item: Item, tokenizer: dict, keys: tuple[str, ...]) -> dict:
+def fingerprint(item: Item, tokenizer: dict, keys: tuple[str, ...], on_bad: str) -> dict:
+    """Everything the bytes of an output depend on: input, tokenizer, keys, bad-line policy, code."""
     return {"input": {"path": item.rel, "bytes": item.record["bytes"], "mtime_ns": item.record["mtime_ns"]},
-            "tokenizer": tokenizer, "json_keys": list(keys)}
+            "tokenizer": tokenizer, "json_keys": list(keys), "on_bad_line": on_bad, "format": FORMAT}
+
+
+def policy_allows(sentinel: dict, wanted: str) -> bool:
+    """An output made under one bad-line policy is the output of `wanted` too when nothing was skipped:
+    a strict run that finished saw no bad line; a skipping run is strict only if it skipped none."""
+    made = sentinel.get("fingerprint", {}).get("on_bad_line")
+    if made == wanted or (made == "error" and wanted == "skip"):
+        return True
+    skipped = sentinel.get("skipped_lines")
+    return made == "skip" and isinstance(skipped, dict) and not any(skipped.values())
 
 
 def is_done(item: Item, wanted: dict) -> bool:
     """The sentinel matches and every output file it lists has the recorded size."""
     sentinel = read_json(item.sentinel)
-    if sentinel is None or sentinel.get("fingerprint") != wanted:
+    if sentinel is None or not isinstance(sentinel.get("fingerprint"), dict):
+        return False
+    same = {k: v for k, v in sentinel["fingerprint"].items() if k != "on_bad_line"} == \
+        {k: v for k, v in wanted.items() if k != "on_bad_line"}
+    if not same or not policy_allows(sentinel, wanted["on_bad_line"]):
         return False
     outputs = sentinel.get("outputs")
     if not isinstance(outputs, dict) or sorted(outputs) != sorted(wanted["json_keys"]):
@@ -151,7 +169,7 @@ def make_plan(exp: Path, dataset: str, tokenizer_name: str, spec: TokenizerSpec,
     build_engine(spec)  # fail now, here, on a bad model rather than in every array job
     every = items(exp, dataset, tokenizer_name)
     tokenizer = tokenizer_record(spec, tokenizer_sha256(spec.model))
-    pending = [item for item in every if not is_done(item, fingerprint(item, tokenizer, keys))]
+    pending = [item for item in every if not is_done(item, fingerprint(item, tokenizer, keys, on_bad))]
     state = state_dir(exp, dataset, stage(tokenizer_name))
     if not pending:
         write_done(exp, dataset, tokenizer_name, spec, tokenizer, keys, every)
@@ -200,7 +218,20 @@ def run_plan_item(plan_path: Path, index: int, workers: int, show_progress: bool
     if rel not in by_rel:
         fail(f"{plan_path}: {rel} is no longer in merge's outputs; run make tokenize again")
     item = by_rel[rel]
-    wanted = fingerprint(item, tokenizer, keys)
+    on_bad = plan.get("on_bad_line", "error")
+    wanted = fingerprint(item, tokenizer, keys, on_bad)
+    # the whole check-then-write under the output's lock: a concurrent run of this entry refuses
+    # (naming this one) and never removes what this one is writing or has just finished
+    with output_lock(item.prefix, "being tokenized"):
+        outcome = _make_item(item, wanted, spec, keys, on_bad, exp, dataset, name, rel, workers, show_progress)
+        if all(is_done(i, fingerprint(i, tokenizer, keys, on_bad)) for i in every):
+            write_done(exp, dataset, name, spec, tokenizer, keys, every)
+    return f"{rel}: {outcome}"
+
+
+def _make_item(item: Item, wanted: dict, spec: TokenizerSpec, keys: tuple[str, ...], on_bad: str, exp: Path,
+               dataset: str, name: str, rel: str, workers: int, show_progress: bool) -> str:
+    """Tokenize one entry unless it is up to date (the caller holds its lock); returns what happened."""
     if is_done(item, wanted):
         outcome = "up to date"
     else:
@@ -213,7 +244,7 @@ def run_plan_item(plan_path: Path, index: int, workers: int, show_progress: bool
                 path.unlink(missing_ok=True)
         engine = build_engine(spec)
         record = run_one_file(item.input, item.prefix, engine, keys, workers=workers,
-                              on_bad=plan.get("on_bad_line", "error"), show_progress=show_progress,
+                              on_bad=on_bad, show_progress=show_progress,
                               extra={"dataset": dataset, "tokenizer_name": name, "merged_path": rel})
         try:
             check_input(item)  # unchanged while we read it
@@ -236,9 +267,7 @@ def run_plan_item(plan_path: Path, index: int, workers: int, show_progress: bool
                                    "seconds": record["seconds"], "tokenizer_model": str(spec.model)})
         outcome = (f"{record['documents']:,} documents, {record['tokens']:,} tokens in {record['seconds']:.1f}s "
                    f"({record['input_mb_per_s']:.1f} MB/s)")
-    if all(is_done(i, fingerprint(i, tokenizer, keys)) for i in every):
-        write_done(exp, dataset, name, spec, tokenizer, keys, every)
-    return f"{rel}: {outcome}"
+    return outcome
 
 
 def write_done(exp: Path, dataset: str, tokenizer_name: str, spec: TokenizerSpec, tokenizer: dict,

@@ -6,5 +6,5 @@ JOB_VARS ?=
 
 .PHONY: test-job
 test-job: $(VENV_STAMP)
-	$(SUBMIT) --template $(TEMPLATE) --name test-job $(if $(ARRAY),--array $(ARRAY)) \
-		$(foreach v,$(JOB_VARS),--var $(v))
+	$(SUBMIT) --template $(call q,$(TEMPLATE)) --name test-job $(if $(ARRAY),--array $(call q,$(ARRAY))) \
+		$(foreach v,$(JOB_VARS),--var $(call q,$(v)))

@@ -1,6 +1,6 @@
 """A strict stand-in for PBS Professional's qsub and qstat (as on ABCI 3.0), for the tests.
 
-It accepts the grammar of FACTS section 5 and rejects anything else with exit status 2 and a
+It accepts the documented PBS Professional grammar and rejects anything else with exit status 2 and a
 message on stderr, the way qsub does on a usage error. Each accepted submission is appended to
 $FAKEPBS_DIR/submissions.jsonl and gets an id like `1000.pbs1` (`1000[].pbs1` for arrays).
 Job states live in $FAKEPBS_DIR/jobs.json; tests change them to answer `qstat -f -x -F json`.

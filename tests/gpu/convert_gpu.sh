@@ -1,9 +1,9 @@
 #!/bin/bash
-# GPU check of the checkpoint converter (issue 7): a tiny GPT built and run with megatron-core on the GPU,
+# GPU check of the checkpoint converter: a tiny GPT built and run with megatron-core on the GPU,
 # saved with Megatron's dist-checkpointing (torch_dist), converted by the native converter, and the logits
 # of Megatron's forward pass compared with the converted Hugging Face model's (max abs diff printed).
 # For a machine with an NVIDIA GPU and a CUDA PyTorch, no network and no repo venv:
-#   bash scripts/gpu_checks/run_convert_gpu.sh [pytest args]        (from anywhere; runs in the repo root)
+#   bash tests/gpu/convert_gpu.sh [pytest args]        (from anywhere; runs in the repo root)
 # Python packages the machine lacks are installed from local wheels (WHEELS, default .whl/ in the repo
 # root) into /tmp/site: megatron-core==0.16.1 (the cp312 manylinux wheel; it needs torch, numpy and
 # packaging, which such images have). transformers, safetensors, tokenizers, pytest, PyYAML and tqdm
