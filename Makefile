@@ -84,7 +84,6 @@ SUBMIT = $(PY) $(REPO)/scripts/submit.py --scheduler $(SCHEDULER) --exp-dir $(ca
 	--depend $(call q,$(DEPEND)) --nodes $(NODES) --parallel $(JOBS)
 # $(call walltime,DEFAULT): WALLTIME if given, else the step's default (quoted)
 walltime = $(call q,$(or $(WALLTIME),$(1)))
-NOT_BUILT = @echo "make $@: not built yet (see the open issues)" >&2; exit 2
 
 .PHONY: help
 help: ## list the targets and the main knobs

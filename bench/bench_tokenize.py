@@ -2,7 +2,7 @@
 """Benchmark `tokenize`: our tokens/s and MB/s beside the raw SentencePiece limit and Megatron's tool.
 
 One run, one corpus, the same cores for every figure:
-- corpus: documents sampled from ../shared/samples (dolma-cc English web records as they are,
+- corpus: documents sampled from $BENCH_SAMPLES (dolma-cc English web records as they are,
   Japanese lines grouped into documents, Python standard-library source as code), or generated text
   when the samples are absent; written as one JSONL file of --corpus-mb MB.
 - raw SentencePiece: the texts already in memory (freshly parsed str objects, as any caller has),
@@ -13,8 +13,8 @@ One run, one corpus, the same cores for every figure:
 - Megatron: $MEGATRON_PATH/tools/preprocess_data.py --workers N on the same file (outputs compared
   byte for byte with ours); "not run" when MEGATRON_PATH is unset.
 Measurements are interleaved and repeated (--repeats); the best of each is shown, so a neighbour's
-load spike does not decide a ratio. Tokenizer: --tokenizer-model, else $TOKENIZER_MODEL, else the real
-LLM-jp v3.1 model in ../shared/tokenizers, else a small model trained here (then the figures say so).
+load spike does not decide a ratio. Tokenizer: --tokenizer-model, else $TOKENIZER_MODEL (the real
+LLM-jp v3.1 model for the README's figures), else a small model trained here (then the figures say so).
 """
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipe
 from pipeline.errors import fail, run_main
 from pipeline.paths import REPO_DIR
 
-SHARED = REPO_DIR.parent / "shared"
-REAL_TOKENIZER = SHARED / "tokenizers" / "llm-jp-tokenizer-100k.ver3.1.model"
 GOAL_VS_MEGATRON = 2.5
 GOAL_VS_LIMIT = 0.85
 GOAL_MEMORY = 1 << 30
@@ -51,10 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--tokenizer-model", default=os.environ.get("TOKENIZER_MODEL") or None,
-                        help="SentencePiece model (default: $TOKENIZER_MODEL, else ../shared's v3.1 model, "
-                             "else a small one trained on the corpus)")
-    parser.add_argument("--samples", type=Path, default=SHARED / "samples",
-                        help="folder with dolma-cc/ and ja/ samples (default ../shared/samples)")
+                        help="SentencePiece model (default: $TOKENIZER_MODEL, else a small one trained on the corpus)")
+    parser.add_argument("--samples", type=Path, default=Path(os.environ.get("BENCH_SAMPLES") or "/nonexistent"),
+                        help="folder with dolma-cc/ and ja/ samples (default $BENCH_SAMPLES; none: generated text)")
     parser.add_argument("--corpus-mb", type=float, default=64.0, help="size of the JSONL corpus in MB")
     parser.add_argument("--workers", default=f"1,{cores}" if cores > 1 else "1",
                         help=f"comma-separated worker counts to measure (default 1,{cores}: one and all cores)")
@@ -454,10 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         corpus = work / "corpus.jsonl"
         print(f"bench_tokenize: building a {args.corpus_mb:g} MB corpus in {work}", file=sys.stderr)
         info = build_corpus(corpus, args.samples, args.corpus_mb, args.seed)
-        model = args.tokenizer_model or (str(REAL_TOKENIZER) if REAL_TOKENIZER.is_file() else None)
+        model = args.tokenizer_model
         real = model is not None
         if model is None:
-            print("bench_tokenize: no TOKENIZER_MODEL and no ../shared tokenizer: training a small one",
+            print("bench_tokenize: no TOKENIZER_MODEL: training a small one",
                   file=sys.stderr)
             model = str(train_small_tokenizer(corpus, work))
         elif not Path(model).is_file():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.env_checks import FAIL, OK, SKIP, WARN, Target, failures, format_table, judge, run_probe
+from pipeline.env_checks import FAIL, OK, SKIP, WARN, Row, Target, failures, format_table, judge, run_probe
 from pipeline.environment import DEFAULT_CONFIG, Layout, load_environment
 from pipeline.errors import fail, run_main
 
@@ -49,6 +49,19 @@ def build_target(args: argparse.Namespace, spec) -> Target:
     return Target(python=python, layout=layout, megatron=megatron, tokenizers=tokenizers, gpu=not args.no_gpu)
 
 
+def launch_rows(target: Target) -> list:
+    """How the jobs will launch this Megatron: what its own argument parser offers (pipeline.megatron_features)."""
+    if target.megatron is None or not (target.megatron / "pretrain_gpt.py").is_file():
+        return []
+    from pipeline.errors import PipelineError
+    from pipeline.megatron_features import probe
+    try:
+        features = probe(target.megatron, target.python)
+    except PipelineError as exc:
+        return [Row("megatron_launch", FAIL, str(exc).splitlines()[0], "its parser answers")]
+    return [Row("megatron_launch", OK, features.describe(), "detected from its parser")]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     spec = load_environment(args.config)
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     where = target.layout.root if target.layout else target.python
     print(f"env-check: {where} against {spec.source}", flush=True)
     findings, note = run_probe(target, spec, timeout=args.timeout)
-    rows = judge(target, spec, findings, note)
+    rows = judge(target, spec, findings, note) + launch_rows(target)
     print(format_table(rows))
     counts = {status: sum(r.status == status for r in rows) for status in (OK, WARN, FAIL, SKIP)}
     print(f"\n{counts[OK]} ok, {counts[WARN]} warn, {counts[FAIL]} FAIL, {counts[SKIP]} skipped", flush=True)

@@ -71,3 +71,19 @@ def test_native_converter_and_soup_on_its_output(make, exp_dir, tmp_path):
     make("soup", f"MERGE={tmp_path / 'merge' / 'upstream-soup.yaml'}")
     record = json.loads((exp_dir / "soups" / "upstream-soup" / "soup.json").read_text())
     assert record["verification"]["exact_float32_tensors"] == record["verification"]["tensors"] > 0
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_broken_shard_is_refused_naming_it(make, tmp_path, source, damage):
+    shard = source / f"iter_{ITER:07d}" / "__0_0.distcp"
+    if damage == "missing":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:1000])
+    want = f"{shard}: " + ("missing" if damage == "missing" else "truncated: 1,000 bytes")
+    for target, knobs in (("init", ["PARAM=tiny", f"BASE_CKPT={source}"]), ("ckpt-info", [f"CKPT={source}"])):
+        result = make(target, *knobs, check=False)
+        assert result.returncode != 0 and want in result.stderr and "Traceback" not in result.stderr, target
+    from pipeline.errors import PipelineError
+    with pytest.raises(PipelineError, match="incomplete checkpoint"):
+        convert_checkpoint(source, tmp_path / "hf", vocab_size=546, show_progress=False, log=lambda _: None)

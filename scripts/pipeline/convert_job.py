@@ -2,7 +2,7 @@
 
 Two converters write `<run>/checkpoints_hf/iter_NNNNNNN/`:
 
-* `megatron` (default): the three steps LLM-jp used (FACTS section 4), with the user's Megatron-LM and
+* `megatron` (default): the three steps LLM-jp used (pretrain_gpt.py to the torch format, tools/checkpoint/convert.py with the fork's llmjp4_hf saver, the tokenizer files copied in), with the user's Megatron-LM and
   no hand edits:
     1. `pretrain_gpt.py` with the run's own arguments in convert mode (scripts/train_args.py --mode
        convert: same model and parallelism, no --save, no wandb) plus the optimizer handling a

@@ -5,7 +5,7 @@ No Megatron and no GPU: the tensors are read with PyTorch Distributed Checkpoint
 checkpoint's own saved arguments (`common.pt`, or the `common_state` object inside the shards of
 newer Megatron; pipeline.megatron_ckpt reads both).
 
-Megatron -> Hugging Face names (FACTS section 4). Per-layer tensors are stacked on a leading layer
+Megatron -> Hugging Face names (GQA: per query group [q heads; k; v] rows in linear_qkv; linear_fc1 = [gate; up]). Per-layer tensors are stacked on a leading layer
 dimension in `torch_dist` checkpoints, whatever the tensor / pipeline parallelism was:
 
     embedding.word_embeddings.weight                    [Vp, H]          model.embed_tokens.weight (rows < V)
@@ -64,7 +64,7 @@ DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}
 CONFIG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
-# LLM-jp SentencePiece tokenizers (FACTS section 3): used when no tokenizer folder is given
+# LLM-jp SentencePiece tokenizers (BOS 1, EOS 2): used when no tokenizer folder is given
 DEFAULT_BOS_ID, DEFAULT_EOS_ID = 1, 2
 
 EMBEDDING = "embedding.word_embeddings.weight"

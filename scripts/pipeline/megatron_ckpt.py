@@ -72,7 +72,7 @@ class Checkpoint:
 
 
 def detect_format(iter_dir: Path) -> str:
-    if (iter_dir / ".metadata").is_file() and any(iter_dir.glob("*.distcp")):
+    if (iter_dir / ".metadata").is_file():   # its shards are checked against it (completeness_problems)
         return "torch_dist"
     if any(iter_dir.glob("mp_rank_*/model_optim_rng.pt")):
         return "torch"

@@ -11,7 +11,7 @@ Run folder `$EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/`:
     train_args.json   the same with the derivation: tokens, iterations, start mechanism and why
     train-<jobid>.out / .err   Megatron's output of each job
 
-The midtraining start (FACTS section 3). Megatron resumes the iteration and consumed-sample counters
+The midtraining start. Megatron resumes the iteration and consumed-sample counters
 stored in a checkpoint; resuming the pretraining checkpoint as is sizes the datasets for the whole
 pretraining length and skips the samples "already consumed", so about a third of the midtraining
 mixture is never seen. `init_run` builds `start/iter_<N>/` whose shard files are symlinks to the
@@ -51,7 +51,7 @@ SCRATCH_WHY = ("make init BASE_CKPT=scratch: no start checkpoint; the run begins
 MECHANISM_WHY = (
     "Megatron resumes the iteration and consumed-sample counters stored in a checkpoint. Resuming the "
     "pretraining checkpoint as is would size the datasets for the whole pretraining length and skip the "
-    "samples 'already consumed' (about a third of the midtraining mixture never seen, FACTS section 3). "
+    "samples 'already consumed' (in a simulation, about a third of the midtraining tokens never seen). "
     "make init links the source shards into <run>/start/ with a common.pt whose iteration, consumed samples "
     "and scheduler step are 0 (weights and Adam moments kept); with --override-opt_param-scheduler this run's "
     "LR schedule applies from its step 0, and --train-iters is the midtraining iteration count, so every "
