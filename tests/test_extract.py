@@ -87,7 +87,8 @@ def test_corrupt_and_truncated_archives_fail_with_their_path_and_leave_no_output
 
 
 def test_chunks_of_an_array_job_and_the_last_one_writes_the_sentinel(make, exp_dir, sample, fake_pbs):
-    submitted = make("extract", "SCHEDULER=pbs", "PBS_GROUP=grp", "PBS_QUEUE=rt_HC", "EXTRACT_CHUNKS=3", "ALLOW_PARTIAL=1")
+    submitted = make("extract", "SCHEDULER=pbs", "PBS_GROUP=grp", "PBS_QUEUE=rt_HC", "EXTRACT_CHUNKS=3",
+                     "ALLOW_PARTIAL=1")
     job = fake_pbs.submissions()[-1]
     assert submitted.stdout.strip().endswith("[].pbs1")
     assert job["array"] == "0-2" and job["variables"]["CHUNKS"] == "3" and job["variables"]["WORKERS"] == "auto"

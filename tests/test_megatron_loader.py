@@ -21,7 +21,8 @@ from pipeline.midtrain import init_run
 
 HERE = Path(__file__).resolve().parent
 MEGATRON, PYTHON = os.environ.get("MEGATRON_LOADER_PATH", ""), os.environ.get("MEGATRON_LOADER_PYTHON", "")
-pytestmark = pytest.mark.skipif(not (MEGATRON and PYTHON), reason="needs MEGATRON_LOADER_PATH and MEGATRON_LOADER_PYTHON")
+pytestmark = pytest.mark.skipif(not (MEGATRON and PYTHON),
+                                reason="needs MEGATRON_LOADER_PATH and MEGATRON_LOADER_PYTHON")
 
 
 def load_with_megatron(start: Path) -> dict:

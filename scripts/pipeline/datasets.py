@@ -4,8 +4,9 @@ A description names the hub repository (pinned revision; `gated: true` when its 
 accepted on the website), the files that belong to each source (path patterns relative to the raw
 tree, which mirrors the hub repository), the files to leave out, how the merged outputs are grouped
 and named, and what is known to exist (`expect`: per source, every value a placeholder must take and
-a minimum file count; every source needs at least one file), which download and extract check. Everything is validated on load; unknown keys,
-bad patterns and bad templates fail naming the file and the key.
+a minimum file count; every source needs at least one file), which download and extract check.
+Everything is validated on load; unknown keys, bad patterns and bad templates fail naming the file
+and the key.
 
 Pattern syntax (used in `files`, `exclude` and INCLUDE):
     *        any characters inside one path component

@@ -192,7 +192,8 @@ def compare_revisions(dataset: Dataset, endpoint: str | None = None, newest: str
     problems = 0
     for label, paths in (("pinned", at_pin), (newest, at_newest)):
         gaps = dataset.missing(paths)
-        print(f"  expect at {label}: " + ("complete" if not gaps else f"{len(gaps)} gap(s)\n    " + "\n    ".join(gaps)))
+        shown = "complete" if not gaps else f"{len(gaps)} gap(s)\n    " + "\n    ".join(gaps)
+        print(f"  expect at {label}: {shown}")
         problems += len(gaps) if label == "pinned" else 0
     problems += len(lacking)
     if problems:

@@ -178,7 +178,8 @@ def run_merge(exp: Path, dataset: Dataset, jobs: int = 1, validate: bool = False
 
     # biggest first, so that a large group does not start last
     ordered = sorted(todo, key=lambda j: (-j.size, j.output))
-    run_with_progress(ordered, merge_one, lambda j: (str(exp), dataset.name, str(base), str(out_dir / j.output), j, opts),
+    run_with_progress(ordered, merge_one,
+                      lambda j: (str(exp), dataset.name, str(base), str(out_dir / j.output), j, opts),
                       jobs,
                       desc="merge", total=sum(j.size for j in todo), show_progress=show_progress,
                       on_result=done_one, on_error=lambda job, exc: failures.append(str(exc)))
