@@ -23,37 +23,12 @@ from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail, run_main
 from pipeline.convert_job import (CONVERTERS, DTYPES, ConvertRequest, check_inputs, conversion_args, output_dir,
                                   plan_text, step1_resolved)
-from pipeline.paths import PBS_DIR, REPO_DIR, exp_dir
+from pipeline.paths import PBS_DIR, REPO_DIR
 from pipeline.provenance import provenance
-from train_args import add_run_arguments
+from pipeline.run_options import add_request_arguments, request
 
 SUBMIT = REPO_DIR / "scripts" / "submit.py"
 TEMPLATE = PBS_DIR / "convert.pbs"
-
-
-def add_request_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser)
-    parser.add_argument("--seed", type=int, required=True, help="SEED: the run folder seed<SEED>")
-    parser.add_argument("--iter", default="latest", help="ITER: iteration to convert, or 'latest' (the tracker)")
-    parser.add_argument("--converter", choices=CONVERTERS, default="megatron",
-                        help="megatron: the three Megatron-LM steps on GPUs; native: scripts/convert_to_hf.py on a CPU")
-    parser.add_argument("--hf-tokenizer-dir", default="",
-                        help="HF_TOKENIZER_DIR: Hugging Face tokenizer folder (copied into the output)")
-    parser.add_argument("--vocab-size", default="", help="VOCAB_SIZE: true vocabulary size (native, no tokenizer)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="CONVERT_DTYPE of the weights")
-
-
-def request(args: argparse.Namespace) -> ConvertRequest:
-    vocab = args.vocab_size.strip() if isinstance(args.vocab_size, str) else args.vocab_size
-    if vocab and not str(vocab).isdigit():
-        fail(f"VOCAB_SIZE={vocab!r}: expected a whole number")
-    return ConvertRequest(exp=exp_dir(args.exp_dir), task=args.task, param=args.param, size=args.size,
-                          seed=args.seed, iteration=args.iter, converter=args.converter,
-                          hf_tokenizer_dir=str(Path(args.hf_tokenizer_dir).absolute()) if args.hf_tokenizer_dir else None,
-                          vocab_size=int(vocab) if vocab else None, dtype=args.dtype,
-                          env_dir=args.env_dir or None, megatron_path=args.megatron_path or None,
-                          tokenizer_model=args.tokenizer_model or None, data_list=args.data_list or None,
-                          launcher=args.launcher, train_python=args.train_python or None)
 
 
 def job_variables(req: ConvertRequest, args: argparse.Namespace) -> dict[str, str]:

@@ -30,13 +30,10 @@ from pathlib import Path
 from pipeline.errors import fail, run_main
 from pipeline.paths import REPO_DIR, jobs_file, logs_dir
 from pipeline.provenance import git_commit, now_iso
-from pipeline.scheduler import LocalJobs, die_with_parent, run_pbs
+from pipeline.scheduler import JOB_ID, LocalJobs, die_with_parent, normalize_depend, run_pbs
 
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,235}$")
-# 123.pbs1, 123[].pbs1 (a whole array), 123[4].pbs1 (one index); server suffix optional
-JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
-DEPEND_TYPES = ("afterok", "afterany", "afternotok")
 WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
 ARRAY = re.compile(r"^(\d+)-(\d+)(?::(\d+))?(?:%(\d+))?$")
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_./:@%+=-]*$")
@@ -63,27 +60,6 @@ def parse_var(text: str) -> tuple[str, str]:
     if "\n" in value or "\0" in value:
         fail(f"--var {name}: newlines and NUL bytes cannot be passed through qsub -v")
     return name, value
-
-
-def normalize_depend(depend: str) -> str | None:
-    """'afterok:1.pbs1:2.pbs1' stays; a bare id list ('1.pbs1 2.pbs1', '1:2', '1,2') means afterok."""
-    depend = depend.strip()
-    if not depend:
-        return None
-    clauses = []
-    if any(depend.startswith(f"{kind}:") for kind in DEPEND_TYPES):
-        for clause in depend.split(","):
-            kind, _, ids = clause.partition(":")
-            if kind not in DEPEND_TYPES or not ids:
-                fail(f"DEPEND={depend!r}: clause {clause!r} is not <{'|'.join(DEPEND_TYPES)}>:ID[:ID...]")
-            clauses.append((kind, ids.split(":")))
-    else:
-        clauses.append(("afterok", re.split(r"[\s,:]+", depend)))
-    for _, ids in clauses:
-        for job_id in ids:
-            if not JOB_ID.match(job_id):
-                fail(f"DEPEND={depend!r}: {job_id!r} is not a PBS job id (like 123.pbs1 or 123[].pbs1)")
-    return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in clauses)
 
 
 def array_indices(spec: str) -> list[int]:

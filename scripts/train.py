@@ -34,7 +34,7 @@ from pipeline.midtrain import RunLayout, resolve_base
 from pipeline.params import load_train_params, param_name
 from pipeline.paths import PBS_DIR, REPO_DIR, jobs_file, run_dir
 from pipeline.scheduler import qstat_jobs
-from train_args import add_run_arguments, spec_from_args, write_resolved
+from pipeline.run_options import add_run_arguments, convert_request_from_argv, spec_from_args, write_resolved
 
 SUBMIT = REPO_DIR / "scripts" / "submit.py"
 TRAIN_TEMPLATE = PBS_DIR / "train.pbs"
@@ -199,7 +199,7 @@ def join_depend(*clauses: str) -> str:
 def normalized_depend(depend: str) -> str:
     if not depend.strip():
         return ""
-    from submit import normalize_depend
+    from pipeline.scheduler import normalize_depend
     return normalize_depend(depend) or ""
 
 
@@ -326,9 +326,8 @@ def convert_argv(args: argparse.Namespace, seed: int, iteration: int, depend: st
 
 def convert_problems(argv: list[str]) -> list[str]:
     """make convert's own checks of a conversion whose checkpoint a pending job will make."""
-    import convert as convert_script
     from pipeline.convert_job import check_inputs
-    _, problems = check_inputs(convert_script.request(convert_script.parse_args(argv)), pending=True)
+    _, problems = check_inputs(convert_request_from_argv(argv[1:]), pending=True)
     return problems
 
 

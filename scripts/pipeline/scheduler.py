@@ -15,6 +15,30 @@ from pathlib import Path
 from pipeline.errors import fail
 
 DEFAULT_TIMEOUT_S = 120.0
+# 123.pbs1, 123[].pbs1 (a whole array), 123[4].pbs1 (one index); server suffix optional
+JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
+DEPEND_TYPES = ("afterok", "afterany", "afternotok")
+
+
+def normalize_depend(depend: str) -> str | None:
+    """'afterok:1.pbs1:2.pbs1' stays; a bare id list ('1.pbs1 2.pbs1', '1:2', '1,2') means afterok."""
+    depend = depend.strip()
+    if not depend:
+        return None
+    clauses = []
+    if any(depend.startswith(f"{kind}:") for kind in DEPEND_TYPES):
+        for clause in depend.split(","):
+            kind, _, ids = clause.partition(":")
+            if kind not in DEPEND_TYPES or not ids:
+                fail(f"DEPEND={depend!r}: clause {clause!r} is not <{'|'.join(DEPEND_TYPES)}>:ID[:ID...]")
+            clauses.append((kind, ids.split(":")))
+    else:
+        clauses.append(("afterok", re.split(r"[\s,:]+", depend)))
+    for _, ids in clauses:
+        for job_id in ids:
+            if not JOB_ID.match(job_id):
+                fail(f"DEPEND={depend!r}: {job_id!r} is not a PBS job id (like 123.pbs1 or 123[].pbs1)")
+    return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in clauses)
 
 
 def timeout_s() -> float:
