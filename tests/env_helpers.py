@@ -32,6 +32,8 @@ HEALTHY = {
 FAKE_PYTHON = r'''#!{interpreter}
 """A stand-in for an environment's python: answers scripts/pipeline/env_probe.py from answers.json."""
 import json, os, sys
+if len(sys.argv) > 1 and sys.argv[1].endswith("megatron_probe.py"):   # asking Megatron's parser: a real run
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "answers.json")) as handle:
     answers = json.load(handle)
@@ -102,6 +104,8 @@ def make_fake_env(env: Path, findings: dict | None = None, activate: bool = True
     (layout.megatron / "megatron" / "core" / "datasets").mkdir(parents=True)
     (layout.megatron / "pretrain_gpt.py").write_text("# stand-in\n")
     (layout.megatron / "megatron" / "core" / "__init__.py").write_text("")
+    from train_helpers import write_fake_parser
+    write_fake_parser(layout.megatron)      # the parser of the LLM-jp v4 fork (its saved option list)
     (layout.megatron / f"{spec.megatron_helper}{EXT_SUFFIX}").write_bytes(b"\x7fELF stand-in")
     for model in spec.tokenizer_models:
         (layout.tokenizer / model.path).parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from conftest import REPO, SCRIPTS, run_script, shared_path
 from env_helpers import EXT_SUFFIX, env_without, healthy_findings, make_fake_env, set_answers
 
 ALL_CHECKS = ["activate.sh", "python", "torch", "torchvision", "cuda", "gpus", "transformer_engine", "apex",
-              "flash_attn", "megatron", "megatron_helper", "tokenizer", "weights_only", "job_env"]
+              "flash_attn", "megatron", "megatron_helper", "tokenizer", "weights_only", "job_env", "megatron_launch"]
 NOT_IMPORTABLE = {"ok": False, "error": "ModuleNotFoundError: No module named 'x'"}
 
 
@@ -42,7 +42,8 @@ def test_healthy_environment_passes_every_check(tmp_path):
     assert "8 x NVIDIA H200" in rows["gpus"][1]
     assert f"helpers{EXT_SUFFIX} (loads)" in rows["megatron_helper"][1]
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1" in rows["weights_only"][1], "activate.sh was sourced first"
-    assert "14 ok, 0 warn, 0 FAIL" in result.stdout
+    assert "15 ok, 0 warn, 0 FAIL" in result.stdout
+    assert "--use-mpi" in rows["megatron_launch"][1], "the parser of the fork has it"
 
 
 def _drop(path):
@@ -78,7 +79,7 @@ def _finding(key, value):
     (_drop("src/llm-jp-tokenizer/models/ver3.1/llm-jp-tokenizer-100k.ver3.1.model"), {"tokenizer"}),
     (_drop("activate.sh"), {"activate.sh", "weights_only"}),
     (_drop("venv/bin/python"), {"python", "torch", "torchvision", "cuda", "gpus", "transformer_engine", "apex",
-                                "flash_attn", "weights_only"}),
+                                "flash_attn", "weights_only", "megatron_launch"}),
 ])
 def test_each_missing_piece_is_reported_by_name(tmp_path, change, failing):
     layout = make_fake_env(tmp_path / "env")
@@ -163,7 +164,7 @@ def test_env_check_runs_without_pyyaml(tmp_path):
                             capture_output=True, text=True, env={**env_without("PYTHONPATH"),
                                                                  "PYTHONPATH": str(tmp_path / "noyaml")})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "14 ok" in result.stdout
+    assert "15 ok" in result.stdout
 
 
 def test_make_env_check_locally_and_under_pbs(make, fake_pbs, tmp_path, exp_dir):
