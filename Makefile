@@ -372,7 +372,7 @@ soup: $(VENV_STAMP) ## merge the runs of MERGE=merge/<name>.yaml with mergekit a
 	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,MERGE)) \
 		--exp-dir $(call q,$(EXP_DIR)) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
 	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,MERGE)))) \
-		--walltime $(call walltime,04:00:00) --var $(call q,MERGE=$(call apath,MERGE)) \
+		--walltime $(call walltime,$(SOUP_WALLTIME)) --var $(call q,MERGE=$(call apath,MERGE)) \
 		--var $(call q,VERIFY=$(SOUP_VERIFY)) --var $(call q,CUDA=$(CUDA)) --var $(call q,SHARD_SIZE=$(SOUP_SHARD_SIZE))
 
 # report: RUN_DIR=<run folder(s)> given on the command line wins; else TASK PARAM SIZE with SEEDS when
