@@ -105,24 +105,6 @@ def init_problems(layout: RunLayout, spec: RunSpec) -> list[str]:
     return [f"incomplete start checkpoint: {p}" for p in completeness_problems(iter_dir)]
 
 
-def qstat_state(job_id: str) -> str | None:
-    """The job's state letter from `qstat -f -x -F json`, or None when PBS no longer knows it."""
-    try:
-        result = subprocess.run(["qstat", "-f", "-x", "-F", "json", job_id], capture_output=True, text=True)
-    except FileNotFoundError:
-        fail("qstat not found on PATH: cannot check for a live job of this run (FORCE=1 skips the check)")
-    if result.returncode != 0:
-        if "Unknown Job Id" in result.stderr or "unknown job" in result.stderr.lower():
-            return None
-        fail(f"qstat -f -x -F json {job_id} failed (exit {result.returncode}): {result.stderr.strip()}")
-    try:
-        jobs = json.loads(result.stdout).get("Jobs", {})
-    except json.JSONDecodeError as exc:
-        fail(f"qstat -F json {job_id}: unreadable output ({exc.msg})")
-    job = jobs.get(job_id) or (next(iter(jobs.values())) if len(jobs) == 1 else None)
-    return job.get("job_state") if job else None
-
-
 def train_jobs(exp: Path, run: Path) -> list[str]:
     """The ids of every PBS train job submitted for `run`, newest first, from EXP_DIR/jobs.jsonl."""
     path = jobs_file(exp)

@@ -221,8 +221,6 @@ class Check:
         info = subprocess.run([sys.executable, str(REPO / "scripts" / "ckpt_info.py"), "--ckpt",
                                str(run / "checkpoints"), "--json"], capture_output=True, text=True)
         step = json.loads(info.stdout).get("optimizer_common_step") if info.returncode == 0 else None
-        step = int(float(step)) if isinstance(step, (int, float, str)) and str(step).replace(".", "").isdigit() \
-            else step
         from_start = [(path, int(it)) for path, it in loaded if "/start" in path]
         want_step = self.base_iters + n
         self.row("optimizer_loaded", bool(from_start) and from_start[0][1] == 0 and step == want_step,
