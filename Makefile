@@ -78,10 +78,12 @@ PY := $(or $(PIPELINE_PYTHON),$(VENV)/bin/python)
 VENV_STAMP := $(if $(PIPELINE_PYTHON),,$(VENV)/.installed)
 export PIPELINE_PYTHON
 
-# One submission mechanism for every job: scripts/submit.py runs a pbs/ template here or with qsub.
-SUBMIT = $(PY) $(REPO)/scripts/submit.py --scheduler $(SCHEDULER) --exp-dir $(call q,$(EXP_DIR)) \
+# One submission mechanism for every job: scripts/submit.py runs a pbs/ template here or with qsub
+# (pipeline/scheduler.py); SCHEDULER_FLAGS are what scripts/train.py and convert.py pass on to it.
+SCHEDULER_FLAGS = --scheduler $(SCHEDULER) --exp-dir $(call q,$(EXP_DIR)) \
 	--group $(call q,$(PBS_GROUP)) --queue $(call q,$(PBS_QUEUE)) --rtype $(call q,$(PBS_RTYPE)) \
 	--depend $(call q,$(DEPEND)) --nodes $(NODES) --parallel $(JOBS)
+SUBMIT = $(PY) $(REPO)/scripts/submit.py $(SCHEDULER_FLAGS)
 # $(call walltime,DEFAULT): WALLTIME if given, else the step's default (quoted)
 walltime = $(call q,$(or $(WALLTIME),$(1)))
 
@@ -297,8 +299,6 @@ TRAIN_RUN = --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PAR
 TRAIN_JOB = --gpus-per-node $(call q,$(GPUS_PER_NODE)) --launcher-knob $(call q,$(LAUNCHER)) \
 	--master-port $(call q,$(MASTER_PORT)) \
 	--walltime $(call walltime,168:00:00) $(if $(filter 1,$(FORCE)),--force)
-# train.py submits every job through scripts/submit.py with the flags of $(SUBMIT) (all its words after the script)
-SUBMIT_FLAGS = $(wordlist 3,$(words $(SUBMIT)),$(SUBMIT))
 TRAIN = $(PY) $(REPO)/scripts/train.py
 args: $(VENV_STAMP) ## print the Megatron arguments of a run (TASK PARAM SIZE SEED), one per line
 	@$(PY) $(REPO)/scripts/train_args.py $(TRAIN_RUN) --seed $(SEED) --mode $(call q,$(ARGS_MODE)) \
@@ -314,13 +314,13 @@ ckpt-info: $(VENV_STAMP) ## describe a Megatron checkpoint without Megatron (CKP
 	$(PY) $(REPO)/scripts/ckpt_info.py --ckpt $(call q,$(CKPT))
 
 train: $(VENV_STAMP) ## submit one training run (TASK PARAM SIZE SEED NODES [DEPEND])
-	$(TRAIN) submit $(TRAIN_RUN) --seed $(SEED) $(TRAIN_JOB) $(SUBMIT_FLAGS)
+	$(TRAIN) submit $(TRAIN_RUN) --seed $(SEED) $(TRAIN_JOB) $(SCHEDULER_FLAGS)
 
 train-seeds: $(VENV_STAMP) ## submit one training run per seed in SEEDS
-	$(TRAIN) seeds $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SUBMIT_FLAGS)
+	$(TRAIN) seeds $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SCHEDULER_FLAGS)
 
 chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, chained with afterok
-	$(TRAIN) chain $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SUBMIT_FLAGS) --base-ckpt $(call q,$(BASE_CKPT)) \
+	$(TRAIN) chain $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SCHEDULER_FLAGS) --base-ckpt $(call q,$(BASE_CKPT)) \
 		$(if $(BASE_ITER),--base-iter $(BASE_ITER)) --cpu-queue $(call q,$(CPU_QUEUE)) \
 		--convert-walltime $(call q,$(CONVERT_WALLTIME)) --soup-walltime $(call q,$(SOUP_WALLTIME)) \
 		--convert-opt=$(call q,--converter=$(CONVERTER)) --convert-opt=$(call q,--hf-tokenizer-dir=$(HF_TOKENIZER_DIR)) \
@@ -343,7 +343,7 @@ convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face fo
 		--vocab-size $(call q,$(VOCAB_SIZE)) --dtype $(call q,$(CONVERT_DTYPE)) --cpu-queue $(call q,$(CPU_QUEUE)) \
 		--walltime $(call walltime,$(CONVERT_WALLTIME)) --gpus-per-node $(call q,$(GPUS_PER_NODE)) \
 		--launcher-knob $(call q,$(LAUNCHER)) --master-port $(call q,$(MASTER_PORT)) \
-		$(if $(filter 1,$(FORCE)),--force) $(SUBMIT_FLAGS)
+		$(if $(filter 1,$(FORCE)),--force) $(SCHEDULER_FLAGS)
 
 # soup-config: SEEDS items are SEED, SIZE:SEED (runs of several sizes) or either with @ITER; ITER is the
 # iteration of every ingredient (default: the latest converted); NAME names MERGE_DIR/<NAME>.yaml and
