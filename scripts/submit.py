@@ -18,9 +18,9 @@ import argparse
 import os
 from pathlib import Path
 
-from pipeline.errors import fail, run_main
-from pipeline.paths import REPO_DIR
-from pipeline.scheduler import Job, SchedulerOptions, normalize_depend, parse_var, submit
+from pipeline.errors import run_main
+from pipeline.scheduler import SchedulerOptions, make_job, parse_var, submit
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -46,21 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    template = Path(args.template)
-    if not template.is_absolute():
-        template = (REPO_DIR / template) if (REPO_DIR / template).is_file() else template.resolve()
-    if not template.is_file():
-        fail(f"{args.template}: job template not found")
-    if args.nodes < 1:
-        fail(f"NODES={args.nodes}: must be at least 1")
     exp = Path(args.exp_dir).resolve()
     variables = dict(parse_var(v) for v in args.var)
-    # every template finds the checkout and EXP_DIR through these, also when qsub'd by hand
-    variables = {"REPO_DIR": str(REPO_DIR), "EXP_DIR": str(exp), **variables}
-    job = Job(template=template, name=args.name, variables=variables, array=args.array or None,
-              depend=normalize_depend(args.depend), nodes=args.nodes, walltime=args.walltime or None)
+    job = make_job(args.template, args.name, variables, exp, array=args.array, depend=args.depend,
+                   nodes=args.nodes, walltime=args.walltime)
     options = SchedulerOptions(args.scheduler, args.group, args.queue, args.rtype, args.parallel, args.dry_run)
-    return submit(job, options, exp)
+    status, job_id = submit(job, options, exp)
+    if job_id:
+        print(job_id)   # alone on stdout: DEPEND chains read it
+    return status
 
 
 if __name__ == "__main__":

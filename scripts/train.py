@@ -2,7 +2,7 @@
 """Preflight and submit training runs: one run (make train), one per seed (make train-seeds), or whole
 chains init -> train -> convert per seed plus one soup (make chain), chained with afterok.
 
-Every job goes through scripts/submit.py with the scheduler flags of the Makefile's $(SUBMIT) (the
+Every job goes through the job layer (pipeline/scheduler.py) with the Makefile's $(SCHEDULER_FLAGS) (the
 conversions through scripts/convert.py submit, with make convert's own checks), so SCHEDULER=local
 runs the same templates here, in order. Before anything is submitted, every run is
 checked: each data prefix of the mixture list has .bin and .idx (valid header) under EXP_DIR, the
@@ -36,7 +36,6 @@ from pipeline.paths import PBS_DIR, REPO_DIR, jobs_file, run_dir
 from pipeline.scheduler import qstat_jobs
 from pipeline.run_options import add_run_arguments, convert_request_from_argv, spec_from_args, write_resolved
 
-SUBMIT = REPO_DIR / "scripts" / "submit.py"
 TRAIN_TEMPLATE = PBS_DIR / "train.pbs"
 STEP_TEMPLATE = PBS_DIR / "run_step.pbs"
 LIVE_STATES = {"Q", "R", "H", "W", "T", "E", "B", "S", "U", "M"}   # anything but finished (F) or moved (X)
@@ -149,24 +148,15 @@ class Submitter:
 
     def submit(self, template: Path, name: str, variables: dict[str, str], *, depend: str = "", nodes: int = 1,
                walltime: str = "", queue: str = "") -> str | None:
-        """Run submit.py; returns the job id under PBS (None locally, where the job has run by now)."""
-        cmd = [sys.executable, str(SUBMIT), "--template", str(template), "--name", name,
-               "--scheduler", self.opts.scheduler, "--exp-dir", str(self.opts.exp), "--group", self.opts.group,
-               "--queue", queue or self.opts.queue, "--rtype", self.opts.rtype, "--depend", depend,
-               "--nodes", str(nodes), "--parallel", str(self.opts.parallel)]
-        if walltime:
-            cmd += ["--walltime", walltime]
-        for key, value in variables.items():
-            cmd += ["--var", f"{key}={value}"]
-        if not self.pbs:
-            result = subprocess.run(cmd)
-            if result.returncode != 0:
-                fail(f"{template.name} job {name} failed (exit {result.returncode})")
-            return None
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if result.returncode != 0:
-            fail(f"submitting {template.name} ({name}) failed (exit {result.returncode})")
-        return result.stdout.strip().splitlines()[-1]
+        """Submit through the job layer; returns the job id under PBS (None locally, where it has run by now)."""
+        from pipeline.scheduler import SchedulerOptions, make_job, submit
+        job = make_job(template, name, variables, self.opts.exp, depend=depend, nodes=nodes, walltime=walltime)
+        options = SchedulerOptions(self.opts.scheduler, self.opts.group, queue or self.opts.queue, self.opts.rtype,
+                                   self.opts.parallel)
+        status, job_id = submit(job, options, self.opts.exp)
+        if status != 0:
+            fail(f"{template.name} job {name} failed (exit {status})")
+        return job_id
 
 
 def afterok(*ids: str | None) -> str:
@@ -419,7 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chain.add_argument("--merge-dir", default="", help="MERGE_DIR for the soup config (default: merge/)")
     chain.add_argument("--soup-var", action="append", default=[], metavar="NAME=VALUE",
                        help="extra variable for the soup job (VERIFY, CUDA, SHARD_SIZE); repeatable")
-    # the flags of $(SUBMIT), forwarded to scripts/submit.py
+    # the Makefile's $(SCHEDULER_FLAGS), as scripts/submit.py takes them
     sched = parser.add_argument_group("scheduler (as scripts/submit.py)")
     sched.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="SCHEDULER")
     sched.add_argument("--group", default="", help="PBS_GROUP")

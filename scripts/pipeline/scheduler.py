@@ -293,11 +293,12 @@ def record(exp: Path, entry: dict) -> None:
         handle.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
-def submit_pbs(job: Job, args: "SchedulerOptions", exp: Path) -> int:
+def submit_pbs(job: Job, args: "SchedulerOptions", exp: Path) -> str:
+    """qsub the job; returns its id (empty for a dry run, which prints the command)."""
     cmd = qsub_command(job, args.group, args.queue, args.rtype, logs_dir(exp))
     if args.dry_run:
         print(shlex.join(cmd))
-        return 0
+        return ""
     logs_dir(exp).mkdir(parents=True, exist_ok=True)
     result = run_pbs(cmd, f"submitting {job.template.name} as {job.name}",
                      missing="qsub not found on PATH: SCHEDULER=pbs must run on a PBS login node (or use "
@@ -313,8 +314,7 @@ def submit_pbs(job: Job, args: "SchedulerOptions", exp: Path) -> int:
     record(exp, {"time": now_iso(), "scheduler": "pbs", "template": str(job.template), "name": job.name,
                  "variables": job.variables, "depend": job.depend, "array": job.array, "nodes": job.nodes,
                  "job_id": job_id, "git_commit": git_commit(), "command": cmd})
-    print(job_id)
-    return 0
+    return job_id
 
 
 def _local_env(job: Job, job_id: str, nodefile: Path, index: int | None) -> dict[str, str]:
@@ -389,8 +389,25 @@ def run_local(job: Job, args: "SchedulerOptions", exp: Path) -> int:
     return 0
 
 
-def submit(job: Job, options: SchedulerOptions, exp: Path) -> int:
-    """Submit `job` (PBS: prints the job id, records it) or run it here; returns the exit status."""
+def make_job(template: str | Path, name: str, variables: dict[str, str], exp: Path, *, array: str = "",
+             depend: str = "", nodes: int = 1, walltime: str = "") -> Job:
+    """A job of a pbs/ template (a path, or relative to the checkout), with REPO_DIR and EXP_DIR added."""
+    from pipeline.paths import REPO_DIR
+    path = Path(template)
+    if not path.is_absolute():
+        path = (REPO_DIR / path) if (REPO_DIR / path).is_file() else path.resolve()
+    if not path.is_file():
+        fail(f"{template}: job template not found")
+    if nodes < 1:
+        fail(f"NODES={nodes}: must be at least 1")
+    # every template finds the checkout and EXP_DIR through these, also when qsub'd by hand
+    variables = {"REPO_DIR": str(REPO_DIR), "EXP_DIR": str(exp), **variables}
+    return Job(template=path, name=name, variables=variables, array=array or None,
+               depend=normalize_depend(depend), nodes=nodes, walltime=walltime or None)
+
+
+def submit(job: Job, options: SchedulerOptions, exp: Path) -> tuple[int, str | None]:
+    """Submit `job` under PBS (its id, recorded in jobs.jsonl) or run it here: (exit status, job id or None)."""
     if options.scheduler == "pbs":
-        return submit_pbs(job, options, exp)
-    return run_local(job, options, exp)
+        return 0, submit_pbs(job, options, exp) or None
+    return run_local(job, options, exp), None
