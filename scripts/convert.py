@@ -2,7 +2,7 @@
 """Convert a run's Megatron checkpoint to Hugging Face format (make convert), and the job's helpers.
 
     convert.py plan   RUN... --iter latest --converter megatron --hf-tokenizer-dir DIR   # DRY_RUN=1: the steps
-    convert.py submit RUN... [SUBMIT FLAGS]      # checks, then submits pbs/convert.pbs via scripts/submit.py
+    convert.py submit RUN... [SCHEDULER FLAGS]   # checks, then submits pbs/convert.pbs (pipeline/scheduler.py)
     convert.py locate RUN...                     # (job) run folder, iteration, output folder; one per line
     convert.py step1-args RUN... --tmp DIR       # (job) pretrain_gpt.py's arguments for step 1, one per line
     convert.py record DIR --converter megatron ...   # (job) provenance JSON inside a converted folder
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from pipeline.convert_job import (CONVERTERS, DTYPES, ConvertRequest, check_inpu
 from pipeline.paths import PBS_DIR, REPO_DIR
 from pipeline.provenance import provenance
 from pipeline.run_options import add_request_arguments, request
+from pipeline.scheduler import SchedulerOptions, make_job, submit
 
-SUBMIT = REPO_DIR / "scripts" / "submit.py"
 TEMPLATE = PBS_DIR / "convert.pbs"
 
 
@@ -54,19 +53,17 @@ def job_name(req: ConvertRequest) -> str:
     return name[:236]
 
 
-def submit_command(req: ConvertRequest, args: argparse.Namespace, *, dry_run: bool) -> list[str]:
+def submit_job(req: ConvertRequest, args: argparse.Namespace, *, dry_run: bool) -> int:
+    """Hand the conversion job to the job layer; prints its id under PBS (for DEPEND chains)."""
     queue = args.cpu_queue if req.converter == "native" and args.cpu_queue else args.queue
-    cmd = [sys.executable, str(SUBMIT), "--template", str(TEMPLATE), "--name", job_name(req),
-           "--scheduler", args.scheduler, "--exp-dir", str(req.exp), "--group", args.group, "--queue", queue,
-           "--rtype", args.rtype, "--depend", args.depend, "--nodes", str(args.nodes if req.converter == "megatron" else 1),
-           "--parallel", str(args.parallel)]
-    if args.walltime:
-        cmd += ["--walltime", args.walltime]
-    for key, value in job_variables(req, args).items():
-        cmd += ["--var", f"{key}={value}"]
-    if dry_run:
-        cmd.append("--dry-run")
-    return cmd
+    job = make_job(TEMPLATE, job_name(req), job_variables(req, args), req.exp, depend=args.depend,
+                   nodes=args.nodes if req.converter == "megatron" else 1, walltime=args.walltime)
+    options = SchedulerOptions(args.scheduler, args.group, queue, args.rtype, args.parallel, dry_run)
+    sys.stdout.flush()
+    status, job_id = submit(job, options, req.exp)
+    if job_id:
+        print(job_id)
+    return status
 
 
 def world_size(args: argparse.Namespace, req: ConvertRequest) -> int | None:
@@ -85,8 +82,7 @@ def do_plan(args: argparse.Namespace, *, submit: bool) -> int:
         for problem in problems:
             print(f"problem: {problem}")
         print("submit (dry run):")
-        sys.stdout.flush()
-        status = subprocess.run(submit_command(req, args, dry_run=True)).returncode
+        status = submit_job(req, args, dry_run=True)
         if problems:
             fail(f"{len(problems)} problem(s) above: make convert would not submit this job")
         return status
@@ -95,9 +91,9 @@ def do_plan(args: argparse.Namespace, *, submit: bool) -> int:
     if iteration is not None and output_dir(req.run_dir, iteration).exists() and not args.force:
         print(f"{output_dir(req.run_dir, iteration)}: already converted (FORCE=1 converts again)", file=sys.stderr)
         return 0
-    result = subprocess.run(submit_command(req, args, dry_run=False))
-    if result.returncode != 0:
-        fail(f"the conversion job of {req.run_dir} failed or was not submitted (exit {result.returncode})")
+    status = submit_job(req, args, dry_run=False)
+    if status != 0:
+        fail(f"the conversion job of {req.run_dir} failed (exit {status})")
     return 0
 
 
