@@ -22,6 +22,7 @@ from pipeline.megatron_ckpt import (TRACKER, Checkpoint, available_iterations, c
                                     common_state_summary, load_common_state, read_tracker, resolve_checkpoint,
                                     stand_in_pickle)
 from pipeline.midtrain import INIT_RECORD
+from pipeline.units import human_binary
 
 ARG_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
               "seq_length", "max_position_embeddings", "padded_vocab_size", "micro_batch_size", "global_batch_size",
@@ -30,15 +31,6 @@ ARG_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_hea
               "context_parallel_size")
 SCHEDULER_FIELDS = ("num_steps", "max_lr", "min_lr", "warmup_steps", "decay_steps", "decay_style",
                     "start_wd", "end_wd", "wd_incr_style", "wd_incr_steps")
-
-
-def human_bytes(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def _plain(value: Any) -> Any:
@@ -117,7 +109,7 @@ def render(info: dict) -> str:
             else str(value)
 
     lines = [f"checkpoint   {info['path']}",
-             f"format       {info['format']}, {info['files']} files, {human_bytes(info['size_bytes'])}"
+             f"format       {info['format']}, {info['files']} files, {human_binary(info['size_bytes'])}"
              + (f" ({info['symlinked_files']} symlinked)" if info["symlinked_files"] else "")
              + (f"; common state: {info['common_state_layout']}" if info.get("common_state_layout") else "")]
     present = info["iterations_present"]

@@ -24,16 +24,9 @@ from pipeline.megatron_log import find_logs, last_iteration
 from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
 from pipeline.scheduler import qstat_jobs
 from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD, hf_checkpoints
+from pipeline.units import human_binary
 
 JOBS_SHOWN = 15
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} PiB"
 
 
 def tree_size(folder: Path) -> tuple[int, int]:
@@ -66,7 +59,7 @@ def stage_rows(exp: Path, dataset: str, tokenizer_name: str) -> list[tuple[str, 
             state = "partial"
         else:
             state = "missing"
-        detail = f"{files} files, {human_bytes(size)}" if files else "-"
+        detail = f"{files} files, {human_binary(size)}" if files else "-"
         if state == "done" and not files:
             detail = "removed after use (sentinel kept)"
         rows.append((stage, state, detail, str(folder)))

@@ -5,9 +5,9 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Literal
 
-from pipeline.errors import naming
+from pipeline.errors import fail, naming
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -45,6 +45,44 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_if_changed(path: str | os.PathLike, content: str | bytes) -> bool:
+    """Atomic write unless the file already holds exactly this; True when it was written.
+
+    Leaving an unchanged file alone keeps its mtime, so make and later stages see it as up to date.
+    """
+    path = Path(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    with atomic_output(path, "wb") as handle:
+        handle.write(data)
+    return True
+
+
+def read_json(path: str | os.PathLike, *, bad: Literal["none", "fail"]) -> dict | None:
+    """A JSON object from `path`; None when the file is missing or holds no object.
+
+    bad="none": an unparsable file also reads as None (a half-written record counts as absent and
+    is redone). bad="fail": an unreadable or unparsable file stops the run (a sentinel that must
+    not be silently ignored).
+    """
+    path = Path(path)
+    if bad == "none":
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+    else:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            fail(f"{path}: unreadable JSON ({exc})")
+    return data if isinstance(data, dict) else None
 
 
 def remove_temporaries(path: str | os.PathLike) -> int:

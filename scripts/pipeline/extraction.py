@@ -15,12 +15,11 @@ a concurrent run refuses the file it is writing and skips what it finished.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import atomic
 from pipeline.atomic import atomic_output, remove_temporaries, write_json
 from pipeline.datasets import Dataset, check_extracted_names, raw_kind, scan_tree
 from pipeline.errors import fail
@@ -29,6 +28,7 @@ from pipeline.locks import output_lock
 from pipeline.paths import extracted_dir, raw_dir, state_dir
 from pipeline.provenance import provenance
 from pipeline.streams import extract_file, report_to_counter, run_with_progress
+from pipeline.sysinfo import usable_cores
 
 MAX_ERRORS_SHOWN = 10
 # what extract writes for a raw file; bump when the bytes change for the same input (records
@@ -39,10 +39,7 @@ FORMAT = 1
 def parse_jobs(text: str) -> int:
     """A worker count: a number >= 1, or 'auto' = the cores this process may use."""
     if text == "auto":
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:
-            return os.cpu_count() or 1
+        return usable_cores()
     if text.isdigit() and int(text) >= 1:
         return int(text)
     fail(f"--jobs {text!r}: expected a number >= 1 or 'auto'")
@@ -61,12 +58,7 @@ def record_path(exp: Path, dataset: str, raw: str) -> Path:
 
 
 def read_json(path: Path) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    return atomic.read_json(path, bad="none")
 
 
 def plan(exp: Path, dataset: Dataset) -> list[Task]:

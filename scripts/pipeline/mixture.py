@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_output
 from pipeline.config import Section, load_yaml
 from pipeline.datalist import Entry, read_list, render_list
 from pipeline.errors import fail
@@ -380,17 +379,6 @@ def render_table(rows: list[FileTokens]) -> str:
     lines = ["prefix\tsource\ttokens\tdocuments\tsequences\tdtype"]
     lines += [f"{r.prefix}\t{r.source}\t{r.tokens}\t{r.documents}\t{r.sequences}\t{r.dtype}" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def write_if_changed(path: str | os.PathLike, content: str | bytes) -> bool:
-    """Atomic write unless the file already holds exactly this; True when it was written."""
-    path = Path(path)
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    with atomic_output(path, "wb") as handle:
-        handle.write(data)
-    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from pipeline.errors import PipelineError, fail
 from pipeline.indexed import IndexedDatasetWriter, data_path, index_path, optimal_dtype
 from pipeline.lines import BAD_KINDS, BadLine, check_encodable, fast_loads, std_loads, texts_of
 from pipeline.scheduler import die_with_parent
+from pipeline.sysinfo import usable_cores
 
 TOKENIZER_TYPES = ("Llama2Tokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer")
 ON_BAD = ("error", "skip")
@@ -717,10 +718,7 @@ def remove_partial_outputs(output_prefix: str | os.PathLike, keys: tuple[str, ..
 
 
 def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cores()
 
 
 def provenance_path(output_prefix: str | os.PathLike, key: str) -> Path:

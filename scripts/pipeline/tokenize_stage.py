@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import atomic
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
 from pipeline.indexed import count_tokens, data_path, index_path, read_header
 from pipeline.locks import output_lock
 from pipeline.paths import merged_dir, state_dir, tokenized_dir
+from pipeline.sysinfo import usable_cores
 from pipeline.tokenization import (FORMAT, ON_BAD, TokenizerSpec, build_engine, output_prefix_for,
                                    provenance_path, run_one_file, strip_input_suffix, tokenizer_sha256)
 
@@ -51,13 +52,7 @@ def sentinel_name(rel: str) -> str:
 
 
 def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        fail(f"{path}: unreadable JSON ({exc})")
-    return data if isinstance(data, dict) else None
+    return atomic.read_json(path, bad="fail")
 
 
 def merge_outputs(exp: Path, dataset: str) -> list[dict]:
@@ -294,7 +289,4 @@ def write_done(exp: Path, dataset: str, tokenizer_name: str, spec: TokenizerSpec
 def env_workers(value: int) -> int:
     if value > 0:
         return value
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    return usable_cores()
