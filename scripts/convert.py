@@ -19,83 +19,11 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import write_json, write_text
+from pipeline.convert_job import CONVERTERS, DTYPES, check_inputs, conversion_args, output_dir, step1_resolved
+from pipeline.convert_submit import show_plan, submit_conversion
 from pipeline.errors import fail, run_main
-from pipeline.convert_job import (CONVERTERS, DTYPES, ConvertRequest, check_inputs, conversion_args, output_dir,
-                                  plan_text, step1_resolved)
-from pipeline.paths import PBS_DIR, REPO_DIR
 from pipeline.provenance import provenance
-from pipeline.run_options import add_request_arguments, request
-from pipeline.scheduler import SchedulerOptions, make_job, submit
-
-TEMPLATE = PBS_DIR / "convert.pbs"
-
-
-def job_variables(req: ConvertRequest, args: argparse.Namespace) -> dict[str, str]:
-    """pbs/convert.pbs's -v variables (the optional ones only when set)."""
-    variables = {"TASK": req.task, "PARAM": str(Path(req.param).absolute()) if req.param.endswith((".yaml", ".yml"))
-                 else req.param, "SIZE": req.size, "SEED": str(req.seed), "RUN_DIR": str(req.run_dir),
-                 "ITER": req.iteration, "CONVERTER": req.converter, "CONVERT_DTYPE": req.dtype}
-    optional = {"HF_TOKENIZER_DIR": req.hf_tokenizer_dir, "VOCAB_SIZE": req.vocab_size and str(req.vocab_size),
-                "FORCE": "1" if args.force else "",
-                "ENV_DIR": req.env_dir and str(Path(req.env_dir).absolute()),
-                "MEGATRON_PATH": req.megatron_path and str(Path(req.megatron_path).absolute()),
-                "TOKENIZER_MODEL": req.tokenizer_model and str(Path(req.tokenizer_model).absolute()),
-                "DATA_LIST": req.data_list and str(Path(req.data_list).absolute()),
-                "GPUS_PER_NODE": args.gpus_per_node, "LAUNCHER": args.launcher_knob, "MASTER_PORT": args.master_port,
-                "TRAIN_PYTHON": req.train_python}
-    variables.update({k: v for k, v in optional.items() if v})
-    return variables
-
-
-def job_name(req: ConvertRequest) -> str:
-    import re
-    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"convert-{req.task}-{Path(req.param).stem}-{req.size}-seed{req.seed}")
-    return name[:236]
-
-
-def submit_job(req: ConvertRequest, args: argparse.Namespace, *, dry_run: bool) -> int:
-    """Hand the conversion job to the job layer; prints its id under PBS (for DEPEND chains)."""
-    queue = args.cpu_queue if req.converter == "native" and args.cpu_queue else args.queue
-    job = make_job(TEMPLATE, job_name(req), job_variables(req, args), req.exp, depend=args.depend,
-                   nodes=args.nodes if req.converter == "megatron" else 1, walltime=args.walltime)
-    options = SchedulerOptions(args.scheduler, args.group, queue, args.rtype, args.parallel, dry_run)
-    sys.stdout.flush()
-    status, job_id = submit(job, options, req.exp)
-    if job_id:
-        print(job_id)
-    return status
-
-
-def world_size(args: argparse.Namespace, req: ConvertRequest) -> int | None:
-    if req.converter != "megatron":
-        return None
-    return args.nodes * int(args.gpus_per_node or 8)
-
-
-def do_plan(args: argparse.Namespace, *, submit: bool) -> int:
-    req = request(args)
-    pending = bool(args.depend.strip())
-    iteration, problems = check_inputs(req, pending=pending)
-    if not submit:  # DRY_RUN=1: show everything, problems included, and submit nothing
-        print(plan_text(req, iteration, world_size=world_size(args, req),
-                        python=str(REPO_DIR / ".venv" / "bin" / "python")), end="")
-        for problem in problems:
-            print(f"problem: {problem}")
-        print("submit (dry run):")
-        status = submit_job(req, args, dry_run=True)
-        if problems:
-            fail(f"{len(problems)} problem(s) above: make convert would not submit this job")
-        return status
-    if problems:
-        fail("make convert: not submitted:\n  " + "\n  ".join(problems))
-    if iteration is not None and output_dir(req.run_dir, iteration).exists() and not args.force:
-        print(f"{output_dir(req.run_dir, iteration)}: already converted (FORCE=1 converts again)", file=sys.stderr)
-        return 0
-    status = submit_job(req, args, dry_run=False)
-    if status != 0:
-        fail(f"the conversion job of {req.run_dir} failed (exit {status})")
-    return 0
-
+from pipeline.run_options import add_convert_job_arguments, add_request_arguments, request
 
 def do_locate(args: argparse.Namespace) -> int:
     """For the job: fail on any problem; print run folder, iteration and output folder."""
@@ -141,23 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("plan", "print the steps the job will run (DRY_RUN=1) and the submission, run nothing"),
-                       ("submit", "check, then submit pbs/convert.pbs through scripts/submit.py")):
+                       ("submit", "check, then submit pbs/convert.pbs through the job layer")):
         p = sub.add_parser(name, help=text)
         add_request_arguments(p)
-        p.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="SCHEDULER")
-        p.add_argument("--group", default="", help="PBS_GROUP (-P)")
-        p.add_argument("--queue", default="", help="PBS_QUEUE (-q) of the Megatron (GPU) job")
-        p.add_argument("--cpu-queue", default="", help="CPU_QUEUE: queue of the native (CPU) job (default PBS_QUEUE)")
-        p.add_argument("--rtype", default="", help="PBS_RTYPE")
-        p.add_argument("--depend", default="", help="DEPEND: the checkpoint is then not looked for now")
-        p.add_argument("--nodes", type=int, default=1, help="NODES of the Megatron job (step 1)")
-        p.add_argument("--parallel", type=int, default=1, help="JOBS (local array parallelism; unused)")
-        p.add_argument("--walltime", default="", help="job walltime HH:MM:SS")
-        p.add_argument("--gpus-per-node", default="", help="GPUS_PER_NODE (default: counted by the job, else 8)")
-        p.add_argument("--launcher-knob", choices=("auto", "mpi", "torchrun"), default="auto",
-                       help="LAUNCHER of step 1")
-        p.add_argument("--master-port", default="", help="MASTER_PORT of step 1")
-        p.add_argument("--force", action="store_true", help="FORCE=1: convert again over an existing output")
+        add_convert_job_arguments(p)
     p = sub.add_parser("locate", help="(job) check and print run folder, iteration, output folder")
     add_request_arguments(p)
     p.add_argument("--run-dir", default="", help="RUN_DIR the job was given (must match)")
@@ -187,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("plan", "submit"):
         if args.nodes < 1:
             fail(f"NODES={args.nodes}: must be at least 1")
-        return do_plan(args, submit=args.command == "submit")
+        if args.command == "plan":
+            return show_plan(args)
+        job_id = submit_conversion(args)
+        if job_id:
+            print(job_id)
+        return 0
     return {"locate": do_locate, "step1-args": do_step1_args, "record": do_record, "check": do_check}[args.command](args)
 
 

@@ -17,9 +17,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.errors import run_main
-from pipeline.paths import MERGE_DIR, exp_dir, run_dir, soup_dir
-from pipeline.soup import (DTYPES, check_compatible, check_name, default_name, load_checkpoint, parse_ingredients,
-                           parse_iteration, render_config, resolve_checkpoint, write_config)
+from pipeline.paths import MERGE_DIR, exp_dir
+from pipeline.soup import DTYPES, parse_iteration, write_soup_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,19 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    exp = exp_dir(args.exp_dir)
-    specs = parse_ingredients(args.seeds, args.size, parse_iteration(args.iter, "ITER"))
-    name = check_name(args.name or default_name(args.task, args.param, specs))
-    paths = [resolve_checkpoint(run_dir(exp, args.task, args.param, s.size, s.seed), s.iteration,
-                                allow_pending=args.allow_pending) for s in specs]
-    if not args.allow_pending:
-        check_compatible([load_checkpoint(p) for p in paths])
-    text = render_config(task=args.task, param=args.param, specs=specs, paths=paths,
-                         output=soup_dir(exp, name), dtype=args.dtype)
-    target = args.merge_dir.resolve() / f"{name}.yaml"
-    written = write_config(target, text)
-    print(f"soup-config: {target} {'written' if written else 'up to date'} "
-          f"({len(paths)} ingredients: {', '.join(s.label() for s in specs)})")
+    _, paths = write_soup_config(exp_dir(args.exp_dir), task=args.task, param=args.param, size=args.size,
+                                 seeds=args.seeds, iteration=parse_iteration(args.iter, "ITER"), name=args.name,
+                                 config_dir=args.merge_dir, dtype=args.dtype, allow_pending=args.allow_pending)
     for path in paths:
         print(f"  {path}")
     return 0

@@ -1,8 +1,8 @@
 """The command-line options that name a run and its inputs, shared by the training and conversion scripts.
 
 `add_run_arguments` / `spec_from_args` (scripts/train_args.py, train.py, convert.py), `write_resolved`
-(what a job and a submission record in the run folder), `add_request_arguments` / `request` (a conversion,
-scripts/convert.py; train.py checks a chain's conversions with them).
+(what a job and a submission record in the run folder), `add_request_arguments` / `request` and
+`add_convert_job_arguments` (a conversion and its job: scripts/convert.py, and make chain's conversions).
 """
 from __future__ import annotations
 
@@ -68,6 +68,24 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="CONVERT_DTYPE of the weights")
 
 
+def add_convert_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """How a conversion job is submitted (make convert's scheduler knobs)."""
+    parser.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="SCHEDULER")
+    parser.add_argument("--group", default="", help="PBS_GROUP (-P)")
+    parser.add_argument("--queue", default="", help="PBS_QUEUE (-q) of the Megatron (GPU) job")
+    parser.add_argument("--cpu-queue", default="", help="CPU_QUEUE: queue of the native (CPU) job (default PBS_QUEUE)")
+    parser.add_argument("--rtype", default="", help="PBS_RTYPE")
+    parser.add_argument("--depend", default="", help="DEPEND: the checkpoint is then not looked for now")
+    parser.add_argument("--nodes", type=int, default=1, help="NODES of the Megatron job (step 1)")
+    parser.add_argument("--parallel", type=int, default=1, help="JOBS (local array parallelism; unused)")
+    parser.add_argument("--walltime", default="", help="job walltime HH:MM:SS")
+    parser.add_argument("--gpus-per-node", default="", help="GPUS_PER_NODE (default: counted by the job, else 8)")
+    parser.add_argument("--launcher-knob", choices=("auto", "mpi", "torchrun"), default="auto",
+                        help="LAUNCHER of step 1")
+    parser.add_argument("--master-port", default="", help="MASTER_PORT of step 1")
+    parser.add_argument("--force", action="store_true", help="FORCE=1: convert again over an existing output")
+
+
 def request(args: argparse.Namespace) -> ConvertRequest:
     vocab = args.vocab_size.strip() if isinstance(args.vocab_size, str) else args.vocab_size
     if vocab and not str(vocab).isdigit():
@@ -82,9 +100,12 @@ def request(args: argparse.Namespace) -> ConvertRequest:
                           launcher=args.launcher, train_python=args.train_python or None)
 
 
-def convert_request_from_argv(argv: list[str]) -> ConvertRequest:
-    """The conversion that `scripts/convert.py submit ARGV...` would make (its request options; the rest ignored)."""
-    parser = argparse.ArgumentParser(add_help=False)
+def convert_job_options(argv: list[str]) -> argparse.Namespace:
+    """The options `scripts/convert.py submit ARGV...` takes, parsed (make chain submits its conversions so)."""
+    parser = argparse.ArgumentParser(prog="convert", add_help=False)
     add_request_arguments(parser)
-    known, _ = parser.parse_known_args(argv)
-    return request(known)
+    add_convert_job_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        fail(f"NODES={args.nodes}: must be at least 1")
+    return args

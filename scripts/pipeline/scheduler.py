@@ -52,6 +52,16 @@ def normalize_depend(depend: str) -> str | None:
     return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in clauses)
 
 
+def afterok(*ids: str | None) -> str:
+    """The DEPEND clause 'afterok:ID:ID' on the given job ids ('' when there are none: local jobs have no id)."""
+    ids = [i for i in ids if i]
+    return f"afterok:{':'.join(ids)}" if ids else ""
+
+
+def join_depend(*clauses: str) -> str:
+    return ",".join(c for c in clauses if c)
+
+
 def timeout_s() -> float:
     text = os.environ.get("PBS_TIMEOUT", "").strip()
     if not text:

@@ -197,6 +197,27 @@ def write_config(path: Path, text: str) -> bool:
     return True
 
 
+def write_soup_config(exp: Path, *, task: str, param: str, size: str, seeds: str, iteration: int | None, name: str,
+                      config_dir: Path, dtype: str, allow_pending: bool) -> tuple[Path, list[Path]]:
+    """make soup-config: <config_dir>/<name>.yaml averaging the runs SEEDS names; (config, ingredient paths).
+
+    The ingredients are checked now (present, one architecture, same shapes and tokenizer) unless
+    allow_pending says jobs this soup depends on are still producing them."""
+    from pipeline.paths import run_dir, soup_dir
+    specs = parse_ingredients(seeds, size, iteration)
+    name = check_name(name or default_name(task, param, specs))
+    paths = [resolve_checkpoint(run_dir(exp, task, param, s.size, s.seed), s.iteration, allow_pending=allow_pending)
+             for s in specs]
+    if not allow_pending:
+        check_compatible([load_checkpoint(p) for p in paths])
+    text = render_config(task=task, param=param, specs=specs, paths=paths, output=soup_dir(exp, name), dtype=dtype)
+    target = config_dir.resolve() / f"{name}.yaml"
+    written = write_config(target, text)
+    print(f"soup-config: {target} {'written' if written else 'up to date'} "
+          f"({len(paths)} ingredients: {', '.join(s.label() for s in specs)})")
+    return target, paths
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: config.json and safetensors headers, no tensor data
 # ---------------------------------------------------------------------------------------------
