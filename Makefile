@@ -55,6 +55,14 @@ require_name = $(if $(and $(filter 1,$(words x$($(1))x)),$(strip $($(1))),$(if $
 # $(call apath,VAR): VAR's value made absolute; make's path functions split on spaces, so one is refused
 apath = $(if $(filter-out 1,$(words x$($(1))x)),$(error $(1)='$($(1))' holds a space or tab: make's path functions cannot take one; use a path without),$(abspath $($(1))))
 
+# knobs renamed so that each name means one thing: a value under an old name would otherwise be ignored
+renamed_knob = $(if $(filter command line file override,$(origin $(1))),$(error $(1) was renamed: use $(2)))
+$(call renamed_knob,VERIFY,VERIFY_HASHES=1 for make download or SOUP_VERIFY=sample for make soup)
+$(call renamed_knob,MERGE,SOUP_CONFIG=<mergekit config>)
+$(call renamed_knob,MERGE_DIR,SOUP_CONFIG_DIR=<folder of the soup configs>)
+$(call renamed_knob,NAME,SOUP_NAME=<soup name>)
+$(call renamed_knob,CUDA,SOUP_CUDA=1)
+
 SCHEDULERS := local pbs
 $(if $(filter $(SCHEDULER),$(SCHEDULERS)),,$(error SCHEDULER must be one of: $(SCHEDULERS) (got '$(SCHEDULER)')))
 $(call require_int,NODES)$(if $(filter 0,$(NODES)),$(error NODES must be at least 1))
@@ -131,7 +139,7 @@ demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped samp
 	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/demo/train_tokenizer.py --input $(call q,$(DEMO_DIR)/dolmino-mix-1124-extracted-merged) --output $(call q,$(DEMO_DIR)/tokenizer/demo.model) && )$(DEMO_MAKE) tokenize $(call q,TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model))
 	$(DEMO_MAKE) count mix TASK=demo SIZE=demo PARAM=tiny
 	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(call q,$(DEMO_DIR)) --task demo --param tiny --size demo --seeds "1 2 3"
-	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" NAME=demo-soup $(call q,MERGE_DIR=$(DEMO_DIR)/merge)
+	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" SOUP_NAME=demo-soup $(call q,SOUP_CONFIG_DIR=$(DEMO_DIR)/merge)
 	$(DEMO_MAKE) status
 
 # gpu-check: on a machine with a GPU; MEGATRON_PATH (or ENV_DIR), TOKENIZER_MODEL (default: trained on the sample),
@@ -158,15 +166,14 @@ status: $(VENV_STAMP) ## tables of the pipeline's stages, submitted jobs, traini
 .PHONY: download check-revision extract merge tokenize clean-intermediate count mix
 # download/extract/merge knobs (descriptions: tasks/datasets/<DATASET>.yaml)
 INCLUDE ?=
-VERIFY ?= 0
+VERIFY_HASHES ?= 0
 DOWNLOAD_WORKERS ?= 8
 HF_ENDPOINT ?=
 EXTRACT_CHUNKS ?= 16
 VALIDATE ?= 0
 ON_BAD_LINE ?= fail
 ALLOW_PARTIAL ?= 0
-# INCLUDE: download only files matching these patterns; VERIFY=1: check hashes, not only sizes (VERIFY=sample
-# is for make soup: it checks a subset of tensors);
+# INCLUDE: download only files matching these patterns; VERIFY_HASHES=1: check hashes, not only sizes;
 # HF_ENDPOINT: a hub mirror (HF_TOKEN is read from the environment or `hf auth login`, never passed on);
 # EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs (locally: one job, JOBS workers);
 # VALIDATE=1: merge checks every line as tokenize will (JSON object, string text, valid UTF-8); ON_BAD_LINE=fail|skip;
@@ -174,7 +181,7 @@ ALLOW_PARTIAL ?= 0
 # the description's `expect` says exists (a sample, a partial copy).
 $(call require_int,DOWNLOAD_WORKERS)$(if $(filter 0,$(DOWNLOAD_WORKERS)),$(error DOWNLOAD_WORKERS must be at least 1))
 $(call require_int,EXTRACT_CHUNKS)$(if $(filter 0,$(EXTRACT_CHUNKS)),$(error EXTRACT_CHUNKS must be at least 1))
-$(if $(filter $(VERIFY),0 1 sample),,$(error VERIFY must be 0, 1 or sample (got '$(VERIFY)')))
+$(if $(filter $(VERIFY_HASHES),0 1),,$(error VERIFY_HASHES must be 0 or 1 (got '$(VERIFY_HASHES)')))
 $(if $(filter $(VALIDATE),0 1),,$(error VALIDATE must be 0 or 1 (got '$(VALIDATE)')))
 $(if $(filter $(ON_BAD_LINE),fail skip),,$(error ON_BAD_LINE must be fail or skip (got '$(ON_BAD_LINE)')))
 $(if $(filter $(ALLOW_PARTIAL),0 1),,$(error ALLOW_PARTIAL must be 0 or 1 (got '$(ALLOW_PARTIAL)')))
@@ -187,7 +194,7 @@ DATA_WORKERS = $(if $(ON_PBS),auto,$(JOBS))
 
 download: $(VENV_STAMP) ## fetch DATASET from the Hugging Face hub into EXP_DIR/<dataset>
 	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,48:00:00) \
-		--var DATASET=$(DATASET) --var $(call q,INCLUDE=$(INCLUDE)) --var VERIFY=$(if $(filter 1,$(VERIFY)),1,0) \
+		--var DATASET=$(DATASET) --var $(call q,INCLUDE=$(INCLUDE)) --var VERIFY_HASHES=$(VERIFY_HASHES) \
 		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var $(call q,HF_ENDPOINT=$(HF_ENDPOINT))) \
 		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
 
@@ -325,8 +332,9 @@ chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, cha
 		--convert-walltime $(call q,$(CONVERT_WALLTIME)) --soup-walltime $(call q,$(SOUP_WALLTIME)) \
 		--convert-opt=$(call q,--converter=$(CONVERTER)) --convert-opt=$(call q,--hf-tokenizer-dir=$(HF_TOKENIZER_DIR)) \
 		--convert-opt=$(call q,--vocab-size=$(VOCAB_SIZE)) --convert-opt=$(call q,--dtype=$(CONVERT_DTYPE)) \
-		--soup-name $(call q,$(NAME)) --merge-dir $(call q,$(MERGE_DIR)) --soup-var $(call q,VERIFY=$(SOUP_VERIFY)) \
-		--soup-var $(call q,CUDA=$(CUDA)) --soup-var $(call q,SHARD_SIZE=$(SOUP_SHARD_SIZE))
+		--soup-name $(call q,$(SOUP_NAME)) --soup-config-dir $(call q,$(SOUP_CONFIG_DIR)) \
+		--soup-var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --soup-var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
+		--soup-var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
 
 # convert: CONVERTER=megatron (the three Megatron-LM steps on GPUs; MEGATRON_PATH or ENV_DIR) or native
 # (scripts/convert_to_hf.py on a CPU node, CPU_QUEUE if set); ITER=N or latest (the default, read when the job
@@ -346,34 +354,34 @@ convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face fo
 		$(if $(filter 1,$(FORCE)),--force) $(SCHEDULER_FLAGS)
 
 # soup-config: SEEDS items are SEED, SIZE:SEED (runs of several sizes) or either with @ITER; ITER is the
-# iteration of every ingredient (default: the latest converted); NAME names MERGE_DIR/<NAME>.yaml and
-# EXP_DIR/soups/<NAME>/ (default TASK_PARAM_SIZES); SOUP_DTYPE is the merge dtype. soup: MERGE is the
-# config (default MERGE_DIR/NAME.yaml); VERIFY=sample (or SOUP_VERIFY=full|sample) checks a subset of
-# tensors; CUDA=1 merges on a GPU (use a GPU queue);
-# SOUP_SHARD_SIZE is parameters per output shard.
+# iteration of every ingredient (default: the latest converted); SOUP_NAME names SOUP_CONFIG_DIR/<SOUP_NAME>.yaml
+# and EXP_DIR/soups/<SOUP_NAME>/ (default TASK_PARAM_SIZES); SOUP_DTYPE is the merge dtype. soup: SOUP_CONFIG is
+# the config (default SOUP_CONFIG_DIR/SOUP_NAME.yaml); SOUP_VERIFY=sample checks a subset of tensors (full:
+# every one); SOUP_CUDA=1 merges on a GPU (use a GPU queue); SOUP_SHARD_SIZE is parameters per output shard.
 SOUP_SPACE := $(subst ,, )
 soup_sizes = $(sort $(foreach s,$(SEEDS),$(if $(findstring :,$(s)),$(firstword $(subst :, ,$(s))),$(SIZE))))
-NAME ?= $(TASK)_$(PARAM)_$(subst $(SOUP_SPACE),+,$(soup_sizes))
-MERGE_DIR ?= $(REPO)/merge
-MERGE ?= $(MERGE_DIR)/$(NAME).yaml
+SOUP_NAME ?= $(TASK)_$(PARAM)_$(subst $(SOUP_SPACE),+,$(soup_sizes))
+SOUP_CONFIG_DIR ?= $(REPO)/merge
+SOUP_CONFIG ?= $(SOUP_CONFIG_DIR)/$(SOUP_NAME).yaml
 ITER ?=
-SOUP_VERIFY ?= $(if $(filter sample,$(VERIFY)),sample,full)
-CUDA ?= 0
+SOUP_VERIFY ?= full
+SOUP_CUDA ?= 0
 SOUP_DTYPE ?= bfloat16
 SOUP_SHARD_SIZE ?= 5B
-soup_job_args = --verify $(call q,$(SOUP_VERIFY)) --cuda $(call q,$(CUDA)) --shard-size $(call q,$(SOUP_SHARD_SIZE))
-soup-config: $(VENV_STAMP) ## write merge/<NAME>.yaml averaging the seed runs
+soup_job_args = --verify $(call q,$(SOUP_VERIFY)) --cuda $(call q,$(SOUP_CUDA)) --shard-size $(call q,$(SOUP_SHARD_SIZE))
+soup-config: $(VENV_STAMP) ## write merge/<SOUP_NAME>.yaml averaging the seed runs
 	$(PY) $(REPO)/scripts/soup_config.py --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PARAM)) \
-		--size $(SIZE) --seeds $(call q,$(SEEDS)) --iter $(call q,$(ITER)) --name $(call q,$(NAME)) \
-		--merge-dir $(call q,$(MERGE_DIR)) --dtype $(call q,$(SOUP_DTYPE)) $(if $(DEPEND),--allow-pending)
+		--size $(SIZE) --seeds $(call q,$(SEEDS)) --iter $(call q,$(ITER)) --name $(call q,$(SOUP_NAME)) \
+		--config-dir $(call q,$(SOUP_CONFIG_DIR)) --dtype $(call q,$(SOUP_DTYPE)) $(if $(DEPEND),--allow-pending)
 
 # under PBS the config and ingredients are checked before qsub (only the config while DEPEND is pending)
-soup: $(VENV_STAMP) ## merge the runs of MERGE=merge/<name>.yaml with mergekit and verify
-	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,MERGE)) \
+soup: $(VENV_STAMP) ## merge the runs of SOUP_CONFIG=merge/<name>.yaml with mergekit and verify
+	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,SOUP_CONFIG)) \
 		--exp-dir $(call q,$(EXP_DIR)) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
-	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,MERGE)))) \
-		--walltime $(call walltime,$(SOUP_WALLTIME)) --var $(call q,MERGE=$(call apath,MERGE)) \
-		--var $(call q,VERIFY=$(SOUP_VERIFY)) --var $(call q,CUDA=$(CUDA)) --var $(call q,SHARD_SIZE=$(SOUP_SHARD_SIZE))
+	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,SOUP_CONFIG)))) \
+		--walltime $(call walltime,$(SOUP_WALLTIME)) --var $(call q,SOUP_CONFIG=$(call apath,SOUP_CONFIG)) \
+		--var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
+		--var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
 
 # report: RUN_DIR=<run folder(s)> given on the command line wins; else TASK PARAM SIZE with SEEDS when
 # SEEDS is given on the command line (one plot, a line per seed), else SEED. SEQ_LENGTH overrides the

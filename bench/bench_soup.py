@@ -80,8 +80,8 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         ("ours: verify full (every tensor)", full_verify, params),
         (f"ours: verify sample ({sample_record['tensors_checked']}/{sample_record['tensors']} tensors)",
          sample_record["seconds"], None),
-        ("ours: soup.py whole step, VERIFY=full", ours, params),
-        ("ours: soup.py whole step, VERIFY=sample", ours_sample, params),
+        ("ours: soup.py whole step, SOUP_VERIFY=full", ours, params),
+        ("ours: soup.py whole step, SOUP_VERIFY=sample", ours_sample, params),
     ]
     print(f"{'step':<52} {'seconds':>9} {'Mparam/s':>10}")
     for label, seconds, count in rows:

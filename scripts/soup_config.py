@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a mergekit config (merge/<NAME>.yaml) that averages the seed runs of one model.
+"""Write a mergekit config (merge/<SOUP_NAME>.yaml) that averages the seed runs of one model.
 
 Each SEEDS item is `SEED` (a run of --size), `SIZE:SEED` (the 13B recipe mixes 100B and 300B
 runs) or either with `@ITER`; the ingredient is the run's converted checkpoint
@@ -9,7 +9,7 @@ The ingredients are checked now (present, one architecture, same shapes and toke
 --allow-pending says they are still being produced by jobs this soup will depend on.
 
     soup_config.py --exp-dir exp --task v4-dolmino-mix-1124 --param 7.7b --size 50B \\
-                   --seeds "42 666 42069" --merge-dir merge
+                   --seeds "42 666 42069" --config-dir merge
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", required=True,
                         help="space-separated ingredients: SEED, SIZE:SEED, either with @ITER")
     parser.add_argument("--iter", default="", help="checkpoint iteration of every ingredient (default: the latest)")
-    parser.add_argument("--name", default="", help="config name: <merge-dir>/<name>.yaml, soups/<name>/ "
+    parser.add_argument("--name", default="", help="SOUP_NAME: <config-dir>/<name>.yaml, soups/<name>/ "
                         "(default TASK_PARAM_SIZES)")
-    parser.add_argument("--merge-dir", type=Path, default=MERGE_DIR, help="folder the config is written to")
+    parser.add_argument("--config-dir", type=Path, default=MERGE_DIR, help="SOUP_CONFIG_DIR: the folder the config is "
+                        "written to")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the merge and its output")
     parser.add_argument("--allow-pending", action="store_true",
                         help="the runs are still in progress (a DEPEND chain): write the paths for --iter "
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _, paths = write_soup_config(exp_dir(args.exp_dir), task=args.task, param=args.param, size=args.size,
                                  seeds=args.seeds, iteration=parse_iteration(args.iter, "ITER"), name=args.name,
-                                 config_dir=args.merge_dir, dtype=args.dtype, allow_pending=args.allow_pending)
+                                 config_dir=args.config_dir, dtype=args.dtype, allow_pending=args.allow_pending)
     for path in paths:
         print(f"  {path}")
     return 0

@@ -6,7 +6,7 @@ when its output folder has files but no sentinel (running, failed or killed), `m
 Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states.
 Each run under EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/ gets a row: the iteration its newest
 training log reached, the latest Megatron checkpoint, the Hugging Face conversions; each soup
-under EXP_DIR/soups/<NAME>/ one more.
+under EXP_DIR/soups/<SOUP_NAME>/ one more.
 """
 from __future__ import annotations
 

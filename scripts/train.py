@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chain.add_argument("--soup-walltime", default="04:00:00", help="soup job walltime (SOUP_WALLTIME)")
     chain.add_argument("--cpu-queue", default="", help="CPU_QUEUE for the init and soup jobs (default: --queue)")
     chain.add_argument("--soup-name", default="", help="SOUP_NAME: merge/<name>.yaml (default TASK_PARAM_SIZE)")
-    chain.add_argument("--merge-dir", default="", help="MERGE_DIR for the soup config (default: merge/)")
+    chain.add_argument("--soup-config-dir", default="", help="SOUP_CONFIG_DIR for the soup config (default: merge/)")
     chain.add_argument("--soup-var", action="append", default=[], metavar="NAME=VALUE",
-                       help="extra variable for the soup job (VERIFY, CUDA, SHARD_SIZE); repeatable")
+                       help="extra variable for the soup job (SOUP_VERIFY, SOUP_CUDA, SOUP_SHARD_SIZE); repeatable")
     # the Makefile's $(SCHEDULER_FLAGS), as scripts/submit.py takes them
     sched = parser.add_argument_group("scheduler (as scripts/submit.py)")
     sched.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="SCHEDULER")

@@ -309,7 +309,7 @@ INJECTIONS = [
     ("env-check", "ENV_DIR=/tmp/env$$(touch$${{IFS}}{m})", ["ENV_CHECK_ARGS=--no-gpu"]),
     ("env-check", "ENV_DIR=/tmp/env'`touch$${{IFS}}{m}`'", PBS),
     ("tokenize", "TOKENIZE_ARGS=--no-bos;touch$${{IFS}}{m}", ["TOKENIZER_MODEL=/none"]),
-    ("soup", "SOUP_VERIFY=full'$$(touch$${{IFS}}{m})'", ["MERGE=/none.yaml", "DEPEND=1.pbs1", *PBS]),
+    ("soup", "SOUP_VERIFY=full'$$(touch$${{IFS}}{m})'", ["SOUP_CONFIG=/none.yaml", "DEPEND=1.pbs1", *PBS]),
 ]
 
 

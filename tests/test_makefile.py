@@ -29,6 +29,15 @@ def test_bad_knobs_fail_with_a_clear_message(make, knob, message):
     assert result.returncode != 0 and message in result.stderr
 
 
+@pytest.mark.parametrize("old, new", [("VERIFY=1", "VERIFY_HASHES=1"), ("VERIFY=sample", "SOUP_VERIFY=sample"),
+                                      ("MERGE=merge/x.yaml", "SOUP_CONFIG="), ("MERGE_DIR=m", "SOUP_CONFIG_DIR="),
+                                      ("NAME=x", "SOUP_NAME="), ("CUDA=1", "SOUP_CUDA=1")])
+def test_a_renamed_knob_is_refused_with_its_new_name(make, old, new):
+    # each name means one thing now; an old one would otherwise be ignored without a word
+    result = make("help", old, check=False)
+    assert result.returncode != 0 and f"{old.split('=')[0]} was renamed" in result.stderr and new in result.stderr
+
+
 def test_setup_is_idempotent(make):
     make("setup")
     again = make("setup")

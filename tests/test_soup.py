@@ -27,7 +27,7 @@ def offline(monkeypatch):
 def test_soup_config_then_soup_is_the_exact_fp32_mean(make, exp_dir, tmp_path):
     paths = make_runs(exp_dir, (42, 666, 42069))
     merge_dir = tmp_path / "merge"
-    make("soup-config", *RUN_KNOBS, "SIZE=50B", "SEEDS=42 666 42069", "NAME=seeds", f"MERGE_DIR={merge_dir}",
+    make("soup-config", *RUN_KNOBS, "SIZE=50B", "SEEDS=42 666 42069", "SOUP_NAME=seeds", f"SOUP_CONFIG_DIR={merge_dir}",
          "SOUP_DTYPE=float32")
     config = merge_dir / "seeds.yaml"
     text = config.read_text()
@@ -36,7 +36,7 @@ def test_soup_config_then_soup_is_the_exact_fp32_mean(make, exp_dir, tmp_path):
     assert [line.split("model: ")[1] for line in text.splitlines() if "- model: " in line] == [str(p) for p in paths]
     assert text.count("weight: 1.0") == 3
 
-    result = make("soup", f"MERGE={config}", "SOUP_SHARD_SIZE=5K")
+    result = make("soup", f"SOUP_CONFIG={config}", "SOUP_SHARD_SIZE=5K")
     soup = exp_dir / "soups" / "seeds"
     assert "verified" in result.stdout
     assert len(list(soup.glob("model-*.safetensors"))) > 1, "output must be sharded"
@@ -57,11 +57,11 @@ def test_soup_config_then_soup_is_the_exact_fp32_mean(make, exp_dir, tmp_path):
     assert (soup / "mergekit_config.yml").read_text() == text
 
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in soup.iterdir()}
-    again = make("soup", f"MERGE={config}", "SOUP_SHARD_SIZE=5K")
+    again = make("soup", f"SOUP_CONFIG={config}", "SOUP_SHARD_SIZE=5K")
     assert "up to date" in again.stdout
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in soup.iterdir()} == before
-    assert "up to date" in make("soup-config", *RUN_KNOBS, "SEEDS=42 666 42069", "NAME=seeds",
-                                f"MERGE_DIR={merge_dir}", "SOUP_DTYPE=float32").stdout
+    assert "up to date" in make("soup-config", *RUN_KNOBS, "SEEDS=42 666 42069", "SOUP_NAME=seeds",
+                                f"SOUP_CONFIG_DIR={merge_dir}", "SOUP_DTYPE=float32").stdout
 
 
 def test_mixed_sizes_latest_iteration_bf16_within_rounding(make, exp_dir, tmp_path):
@@ -71,7 +71,7 @@ def test_mixed_sizes_latest_iteration_bf16_within_rounding(make, exp_dir, tmp_pa
     large = make_runs(exp_dir, (2,), size="300B", iteration=20, dtype="bfloat16", )[0]
     (large.parent / "iter_0000030").mkdir()  # a conversion in progress (no config.json) is not "latest"
     merge_dir = tmp_path / "merge"
-    make("soup-config", "soup", *RUN_KNOBS, "SEEDS=100B:1 100B:2 100B:3 300B:2", f"MERGE_DIR={merge_dir}",
+    make("soup-config", "soup", *RUN_KNOBS, "SEEDS=100B:1 100B:2 100B:3 300B:2", f"SOUP_CONFIG_DIR={merge_dir}",
          "SOUP_VERIFY=sample")
     config = merge_dir / "t_p_100B+300B.yaml"
     text = config.read_text()
@@ -92,12 +92,12 @@ def test_mixed_sizes_latest_iteration_bf16_within_rounding(make, exp_dir, tmp_pa
 def test_mismatched_ingredient_fails_naming_its_path(make, exp_dir, tmp_path):
     good = make_runs(exp_dir, (1, 2))
     odd = make_runs(exp_dir, (3,), hidden=48)[0]
-    result = make("soup-config", *RUN_KNOBS, "SEEDS=1 2 3", f"MERGE_DIR={tmp_path / 'merge'}", check=False)
+    result = make("soup-config", *RUN_KNOBS, "SEEDS=1 2 3", f"SOUP_CONFIG_DIR={tmp_path / 'merge'}", check=False)
     assert result.returncode != 0 and str(odd) in result.stderr and "hidden_size" in result.stderr
     assert not (tmp_path / "merge").exists()
 
     config = write_merge_config(tmp_path / "odd.yaml", [*good, odd])
-    result = make("soup", f"MERGE={config}", check=False)
+    result = make("soup", f"SOUP_CONFIG={config}", check=False)
     assert result.returncode != 0 and f"error: {odd}: architecture differs" in result.stdout + result.stderr
     assert not (exp_dir / "soups").exists(), "nothing may be merged when a check fails"
 
@@ -131,7 +131,7 @@ def test_task_arithmetic_passes_through(make, exp_dir, tmp_path):
     base, *models = make_runs(exp_dir, (0, 1, 2))
     config = write_merge_config(tmp_path / "ta.yaml", models, method="task_arithmetic", weights=[0.5, 0.25],
                                 base=base)
-    make("soup", f"MERGE={config}")
+    make("soup", f"SOUP_CONFIG={config}")
     soup = exp_dir / "soups" / "ta"
     merged, b, m1, m2 = tensors(soup), tensors(base), tensors(models[0]), tensors(models[1])
     for name, value in merged.items():
@@ -145,25 +145,25 @@ def test_pbs_submits_soup_pbs_after_checks(make, exp_dir, tmp_path, fake_pbs):
     paths = make_runs(exp_dir, (1, 2, 3))
     pbs = ("SCHEDULER=pbs", "PBS_GROUP=grp", "PBS_QUEUE=rt_HC")
     config = write_merge_config(tmp_path / "merge" / "s.yaml", paths)
-    job_id = make("soup", *pbs, f"MERGE={config}", "SOUP_VERIFY=sample", "CUDA=1").stdout.strip().splitlines()[-1]
+    job_id = make("soup", *pbs, f"SOUP_CONFIG={config}", "SOUP_VERIFY=sample", "SOUP_CUDA=1").stdout.strip().splitlines()[-1]
     sub = fake_pbs.submissions()[-1]
     assert sub["job_id"] == job_id and sub["argv"][-1] == str(REPO / "pbs" / "soup.pbs") and sub["name"] == "soup-s"
-    assert sub["variables"]["MERGE"] == str(config) and sub["variables"]["EXP_DIR"] == str(exp_dir)
-    assert sub["variables"]["VERIFY"] == "sample" and sub["variables"]["CUDA"] == "1"
+    assert sub["variables"]["SOUP_CONFIG"] == str(config) and sub["variables"]["EXP_DIR"] == str(exp_dir)
+    assert sub["variables"]["SOUP_VERIFY"] == "sample" and sub["variables"]["SOUP_CUDA"] == "1"
     assert sub["resources"]["walltime"] == "04:00:00"
 
     shutil.rmtree(paths[1])
-    result = make("soup", *pbs, f"MERGE={config}", check=False)
+    result = make("soup", *pbs, f"SOUP_CONFIG={config}", check=False)
     assert result.returncode != 0 and f"{paths[1]}: ingredient not found" in result.stderr
     assert len(fake_pbs.submissions()) == 1, "a failed check must not submit"
 
     # a chain: the runs are still training, so the config names ITER and the job waits on DEPEND
     merge_dir = tmp_path / "merge"
-    make("soup-config", "soup", *pbs, *RUN_KNOBS, "SEEDS=7 8", "ITER=500", "DEPEND=12.pbs1", f"MERGE_DIR={merge_dir}")
+    make("soup-config", "soup", *pbs, *RUN_KNOBS, "SEEDS=7 8", "ITER=500", "DEPEND=12.pbs1", f"SOUP_CONFIG_DIR={merge_dir}")
     assert str(checkpoint(exp_dir, 7, iteration=500)) in (merge_dir / "t_p_50B.yaml").read_text()
     sub = fake_pbs.submissions()[-1]
-    assert sub["depend"] == [["afterok", ["12.pbs1"]]] and sub["variables"]["MERGE"] == str(merge_dir / "t_p_50B.yaml")
-    pending = make("soup-config", *RUN_KNOBS, "SEEDS=7 8", "DEPEND=12.pbs1", "NAME=x", f"MERGE_DIR={merge_dir}",
+    assert sub["depend"] == [["afterok", ["12.pbs1"]]] and sub["variables"]["SOUP_CONFIG"] == str(merge_dir / "t_p_50B.yaml")
+    pending = make("soup-config", *RUN_KNOBS, "SEEDS=7 8", "DEPEND=12.pbs1", "SOUP_NAME=x", f"SOUP_CONFIG_DIR={merge_dir}",
                    check=False)
     assert pending.returncode != 0 and "ITER=" in pending.stderr
 
@@ -172,15 +172,15 @@ def test_default_name_matches_the_makefile(make):
     from pipeline.soup import default_name, parse_ingredients
 
     for seeds in ("42 666 42069", "100B:1110 100B:2662 100B:6209 300B:2662", "42 300B:1@5"):
-        printed = make("--eval", "print-soup-name: ; @echo $(NAME)", "print-soup-name", "TASK=tk", "PARAM=pm",
+        printed = make("--eval", "print-soup-name: ; @echo $(SOUP_NAME)", "print-soup-name", "TASK=tk", "PARAM=pm",
                        "SIZE=50B", f"SEEDS={seeds}").stdout.strip()
         assert printed == default_name("tk", "pm", parse_ingredients(seeds, "50B"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA=1)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (SOUP_CUDA=1)")
 def test_cuda_soup_matches_the_mean(make, exp_dir, tmp_path):
     paths = make_runs(exp_dir, (1, 2, 3), dtype="bfloat16")
     config = write_merge_config(tmp_path / "gpu.yaml", paths, dtype="bfloat16")
-    make("soup", f"MERGE={config}", "CUDA=1")
+    make("soup", f"SOUP_CONFIG={config}", "SOUP_CUDA=1")
     record = json.loads((exp_dir / "soups" / "gpu" / "soup.json").read_text())
     assert record["options"]["cuda"] is True and record["verification"]["rounding_checked_tensors"] == 21

@@ -100,7 +100,7 @@ def test_verification_passes_a_true_mean_and_catches_one_ulp(exp_dir, tmp_path):
     save_file(merged, out / "model.safetensors")
     with pytest.raises(PipelineError, match=rf"model.safetensors: tensor {name}: differs .*float32 output must"):
         verify_soup(out, plan, checkpoints, quiet=True)
-    # VERIFY=sample skips the middle of a deep model only; with 2 layers it still sees layer 1
+    # SOUP_VERIFY=sample skips the middle of a deep model only; with 2 layers it still sees layer 1
     with pytest.raises(PipelineError, match=name):
         verify_soup(out, plan, checkpoints, mode="sample", quiet=True)
 

@@ -139,7 +139,7 @@ def test_chain_is_init_train_convert_per_seed_then_one_soup(make, fake_pbs, setu
     merge_dir = setup.tmp / "merge"
     result = make("chain", "-s", *setup.knobs(), *PBS, "SEEDS=42 666 42069", "NODES=16", "CPU_QUEUE=rt_HC",
                   f"BASE_CKPT={setup.pretrained}", "BASE_ITER=30", "DEPEND=afterok:77.pbs1", *CONVERT,
-                  f"MERGE_DIR={merge_dir}")
+                  f"SOUP_CONFIG_DIR={merge_dir}")
     subs = fake_pbs.submissions()
     assert len(subs) == 10
     converts = []
@@ -159,7 +159,7 @@ def test_chain_is_init_train_convert_per_seed_then_one_soup(make, fake_pbs, setu
     assert soup["script"] == str(REPO / "pbs" / "soup.pbs") and soup["depend"] == [["afterok", converts]]
     assert result.stdout.strip() == soup["job_id"] and soup["queue"] == "rt_HC"
     config = merge_dir / f"{TASK}_{V4}_50B.yaml"
-    assert soup["variables"]["MERGE"] == str(config) and config.is_file()
+    assert soup["variables"]["SOUP_CONFIG"] == str(config) and config.is_file()
     text = config.read_text()
     assert all(f"{setup.run(s)}/checkpoints_hf/iter_0000001" in text for s in ("42", "666", "42069"))
 
@@ -169,12 +169,12 @@ def test_curriculum_chain_waits_for_the_earlier_stage(make, fake_pbs, setup):
     stage1 = make("train", "-s", *setup.knobs(), *PBS).stdout.strip()
     fake_pbs.set_state(stage1, "R")
     make("chain", "-s", *setup.knobs(PARAM=f"{V4}_curriculum", TASK="v4-megamath-pro-max", SIZE="80B"), *PBS,
-         "SEEDS=42", *CONVERT, f"MERGE_DIR={setup.tmp / 'merge'}")
+         "SEEDS=42", *CONVERT, f"SOUP_CONFIG_DIR={setup.tmp / 'merge'}")
     init = fake_pbs.submissions()[1]
     assert init["variables"]["STEP"] == "init_run" and init["depend"] == [["afterok", [stage1]]]
     fake_pbs.set_state(stage1, "F", 0)
     orphan = make("chain", *setup.knobs(PARAM=f"{V4}_curriculum", TASK="v4-megamath-pro-max", SIZE="80B"), *PBS,
-                  "SEEDS=666", *CONVERT, f"MERGE_DIR={setup.tmp / 'merge'}", check=False)
+                  "SEEDS=666", *CONVERT, f"SOUP_CONFIG_DIR={setup.tmp / 'merge'}", check=False)
     assert orphan.returncode != 0 and "earlier stage has no checkpoint yet and no live train job" in orphan.stderr
 
 

@@ -66,9 +66,9 @@ def test_native_converter_and_soup_on_its_output(make, exp_dir, tmp_path):
     model = LlamaForCausalLM.from_pretrained(str(converted[0]))
     assert model.config.num_key_value_heads == 2 < model.config.num_attention_heads == 4
     assert model.config.vocab_size == 546 and not model.config.tie_word_embeddings
-    make("soup-config", "TASK=t", "PARAM=tiny", "SIZE=mid", "SEEDS=1 2", "NAME=upstream-soup",
-         f"MERGE_DIR={tmp_path / 'merge'}", "SOUP_DTYPE=float32")
-    make("soup", f"MERGE={tmp_path / 'merge' / 'upstream-soup.yaml'}")
+    make("soup-config", "TASK=t", "PARAM=tiny", "SIZE=mid", "SEEDS=1 2", "SOUP_NAME=upstream-soup",
+         f"SOUP_CONFIG_DIR={tmp_path / 'merge'}", "SOUP_DTYPE=float32")
+    make("soup", f"SOUP_CONFIG={tmp_path / 'merge' / 'upstream-soup.yaml'}")
     record = json.loads((exp_dir / "soups" / "upstream-soup" / "soup.json").read_text())
     assert record["verification"]["exact_float32_tensors"] == record["verification"]["tensors"] > 0
 

@@ -4,7 +4,7 @@ Fetching is huggingface_hub.snapshot_download itself (local_dir mode: complete f
 on a re-run using its metadata in <raw>/.cache/huggingface/, partial files live under temporary
 names and never appear under their final name). Afterwards every selected file is checked
 against the hub listing: its size always, its hash (LFS sha256, or the git blob sha1 for small
-files) with VERIFY=1. A manifest and the stage sentinel are written only when all files pass.
+files) with VERIFY_HASHES=1. A manifest and the stage sentinel are written only when all files pass.
 Before anything is fetched, the listing is checked against what the description's `expect` says
 exists (a revision pinned mid-upload lists less); compare_revisions reports what the newest revision
 has and the pinned one lacks. A gated repository's refusal says how to get access.
@@ -261,5 +261,6 @@ def run_download(exp: Path, dataset: Dataset, include: str = "", hashes: bool = 
     write_json(sentinel, done)
     elapsed = time.monotonic() - started
     print(f"download: done in {elapsed:.0f}s: {len(files)} files, {human(total)} checked against the hub "
-          f"({'sizes and hashes' if hashes else 'sizes; VERIFY=1 also checks hashes'}); manifest {manifest_path}")
+          f"({'sizes and hashes' if hashes else 'sizes; VERIFY_HASHES=1 also checks hashes'}); "
+          f"manifest {manifest_path}")
     return done

@@ -147,7 +147,8 @@ def default_name(task: str, param: str, specs: list[IngredientSpec]) -> str:
 
 def check_name(name: str) -> str:
     if not NAME.match(name):
-        fail(f"NAME={name!r}: use letters, digits and _.+- (it names merge/<NAME>.yaml, soups/<NAME>/ "
+        fail(f"SOUP_NAME={name!r}: use letters, digits and _.+- (it names merge/<SOUP_NAME>.yaml, "
+             f"soups/<SOUP_NAME>/ "
              "and the PBS job)")
     return name
 
@@ -167,7 +168,7 @@ def render_config(*, task: str, param: str, specs: list[IngredientSpec], paths: 
                        for size in dict.fromkeys(s.size for s in specs))
     lines = [
         "# Model soup written by `make soup-config` (scripts/soup_config.py); run it with",
-        "#   make soup MERGE=<this file>",
+        "#   make soup SOUP_CONFIG=<this file>",
         "# Other mergekit methods (model_stock, task_arithmetic, ties, ...) pass through when edited in.",
         "",
         "# Merge base configuration:",
@@ -192,7 +193,7 @@ def write_config(path: Path, text: str) -> bool:
         if path.read_text(encoding="utf-8") == text:
             return False
         fail(f"{path}: exists with different contents (edited by hand, or other checkpoints); remove it "
-             "or choose another NAME=")
+             "or choose another SOUP_NAME=")
     write_text(path, text)
     return True
 
@@ -398,7 +399,7 @@ def _model_ref(key: str, text: str, line: int, config: Path) -> ModelRef:
 def load_merge_config(config: Path) -> MergePlan:
     """Parse and check a mergekit config without mergekit: mapping, paths absolute, a method."""
     if not config.is_file():
-        fail(f"{config}: merge config not found (write one with `make soup-config`, or give MERGE=)")
+        fail(f"{config}: merge config not found (write one with `make soup-config`, or give SOUP_CONFIG=)")
     text = config.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text)
@@ -530,7 +531,7 @@ def linear_recipe(plan: MergePlan) -> tuple[LinearRecipe | None, str]:
 
 
 def sample_names(names: list[str]) -> list[str]:
-    """VERIFY=sample: the non-layer tensors plus every tensor of the first, middle and last layer."""
+    """SOUP_VERIFY=sample: the non-layer tensors plus every tensor of the first, middle and last layer."""
     layers = sorted({int(m[1]) for n in names if (m := LAYER.search(n))})
     keep = {layers[0], layers[len(layers) // 2], layers[-1]} if layers else set()
     return [n for n in names if not (m := LAYER.search(n)) or int(m[1]) in keep]
@@ -608,7 +609,7 @@ def verify_soup(out: Path, plan: MergePlan, ingredients: list[Checkpoint], mode:
     import torch
 
     if mode not in VERIFY_MODES:
-        fail(f"VERIFY={mode!r}: expected one of {', '.join(VERIFY_MODES)}")
+        fail(f"SOUP_VERIFY={mode!r}: expected one of {', '.join(VERIFY_MODES)}")
     merged = load_checkpoint(out, role="merged model")
     by_path = {c.path: c for c in ingredients}
     donor = by_path[plan.donor()]

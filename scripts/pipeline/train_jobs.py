@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.errors import fail
 from pipeline.megatron_args import Resolved, RunSpec
 from pipeline.params import param_name
-from pipeline.paths import PBS_DIR, REPO_DIR
+from pipeline.paths import MERGE_DIR, PBS_DIR
 from pipeline.preflight import TRAIN_TEMPLATE, check_base, check_run, init_problems
 from pipeline.run_options import convert_job_options, write_resolved
 from pipeline.scheduler import SchedulerOptions, afterok, join_depend, make_job, normalize_depend, submit
@@ -142,7 +142,7 @@ def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
     # check of it runs in the soup job (loading mergekit here would cost seconds for a config written here)
     seed_list = " ".join(map(str, seeds))
     name = args.soup_name or default_name(args.task, param_name(args.param), parse_ingredients(seed_list, args.size))
-    config_dir = Path(args.merge_dir).absolute() if args.merge_dir else REPO_DIR / "merge"
+    config_dir = Path(args.soup_config_dir).absolute() if args.soup_config_dir else MERGE_DIR
     with contextlib.redirect_stdout(sys.stderr):   # stdout carries only job ids
         config, _ = write_soup_config(args.exp, task=args.task, param=param_name(args.param), size=args.size,
                                       seeds=seed_list, iteration=final, name=name, config_dir=config_dir,
@@ -164,7 +164,7 @@ def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
             print(f"chain: seed {spec.seed}: init {init_job} -> train {train_job} -> convert {convert_job}",
                   file=sys.stderr)
     soup_vars = dict(v.split("=", 1) for v in args.soup_var if "=" in v and v.split("=", 1)[1])
-    soup_job = sub.submit(PBS_DIR / "soup.pbs", f"soup-{name}"[:236], {"MERGE": str(config), **soup_vars},
+    soup_job = sub.submit(PBS_DIR / "soup.pbs", f"soup-{name}"[:236], {"SOUP_CONFIG": str(config), **soup_vars},
                           depend=afterok(*converts), walltime=args.soup_walltime, queue=args.cpu_queue)
     if soup_job:
         print(f"chain: soup {soup_job} after {', '.join(converts)}", file=sys.stderr)

@@ -64,7 +64,7 @@ class Check:
         values = {"EXP_DIR": str(self.work / "exp"), "SCHEDULER": "local", "DATASET": DATASET, "TASK": TASK,
                   "PARAM": PARAM, "TOKENIZER_NAME": TOKENIZER_NAME, "TASK_OUT": str(self.work / "task"),
                   "MEGATRON_PATH": str(self.megatron), "TRAIN_PYTHON": self.train_python, "LAUNCHER": "torchrun",
-                  "GPUS_PER_NODE": "1", "MASTER_PORT": str(self.port), "MERGE_DIR": str(self.work / "merge"),
+                  "GPUS_PER_NODE": "1", "MASTER_PORT": str(self.port), "SOUP_CONFIG_DIR": str(self.work / "merge"),
                   **extra}
         if self.tokenizer is not None:
             values["TOKENIZER_MODEL"] = str(self.tokenizer)
