@@ -92,8 +92,20 @@ SCHEDULER_FLAGS = --scheduler $(SCHEDULER) --exp-dir $(call q,$(EXP_DIR)) \
 	--group $(call q,$(PBS_GROUP)) --queue $(call q,$(PBS_QUEUE)) --rtype $(call q,$(PBS_RTYPE)) \
 	--depend $(call q,$(DEPEND)) --nodes $(NODES) --parallel $(JOBS)
 SUBMIT = $(PY) $(REPO)/scripts/submit.py $(SCHEDULER_FLAGS)
-# $(call walltime,DEFAULT): WALLTIME if given, else the step's default (quoted)
-walltime = $(call q,$(or $(WALLTIME),$(1)))
+# One walltime per job (HH:MM:SS); a site's limits go in local.mk. WALLTIME=... overrides the job of the
+# target run (in make chain: the train jobs). $(call walltime,STEP): WALLTIME if given, else STEP_WALLTIME (quoted).
+DOWNLOAD_WALLTIME ?= 48:00:00
+EXTRACT_WALLTIME ?= 12:00:00
+MERGE_WALLTIME ?= 24:00:00
+CLEAN_WALLTIME ?= 02:00:00
+TOKENIZE_WALLTIME ?= 12:00:00
+ENV_WALLTIME ?= 04:00:00
+ENV_CHECK_WALLTIME ?= 00:10:00
+INIT_WALLTIME ?= 00:30:00
+TRAIN_WALLTIME ?= 168:00:00
+CONVERT_WALLTIME ?= 04:00:00
+SOUP_WALLTIME ?= 04:00:00
+walltime = $(call q,$(or $(WALLTIME),$($(1)_WALLTIME)))
 
 .PHONY: help
 help: ## list the targets and the main knobs
@@ -163,7 +175,7 @@ status: $(VENV_STAMP) ## tables of the pipeline's stages, submitted jobs, traini
 # ---------------------------------------------------------------------------------------------
 # Data: download -> extract -> merge -> tokenize -> count -> mix
 # ---------------------------------------------------------------------------------------------
-.PHONY: download check-revision extract merge tokenize clean-intermediate count mix
+.PHONY: download check-revision extract merge tokenize clean-intermediate count mix data
 # download/extract/merge knobs (descriptions: tasks/datasets/<DATASET>.yaml)
 INCLUDE ?=
 VERIFY_HASHES ?= 0
@@ -193,7 +205,7 @@ EXTRACT_ARRAY = $(if $(filter-out 1,$(EXTRACT_CHUNKS_RUN)),--array 0-$(shell ech
 DATA_WORKERS = $(if $(ON_PBS),auto,$(JOBS))
 
 download: $(VENV_STAMP) ## fetch DATASET from the Hugging Face hub into EXP_DIR/<dataset>
-	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,48:00:00) \
+	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,DOWNLOAD) \
 		--var DATASET=$(DATASET) --var $(call q,INCLUDE=$(INCLUDE)) --var VERIFY_HASHES=$(VERIFY_HASHES) \
 		--var DOWNLOAD_WORKERS=$(DOWNLOAD_WORKERS) $(if $(HF_ENDPOINT),--var $(call q,HF_ENDPOINT=$(HF_ENDPOINT))) \
 		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
@@ -202,17 +214,17 @@ check-revision: $(VENV_STAMP) ## list what DATASET's newest hub revision has and
 	$(if $(HF_ENDPOINT),HF_ENDPOINT=$(call q,$(HF_ENDPOINT)) )$(PY) $(REPO)/scripts/check_revision.py --dataset $(DATASET)
 
 extract: $(VENV_STAMP) ## decompress the raw files into EXP_DIR/<dataset>-extracted
-	$(SUBMIT) --template pbs/extract.pbs --name extract-$(DATASET) --walltime $(call walltime,12:00:00) \
+	$(SUBMIT) --template pbs/extract.pbs --name extract-$(DATASET) --walltime $(call walltime,EXTRACT) \
 		$(EXTRACT_ARRAY) --var DATASET=$(DATASET) --var CHUNKS=$(EXTRACT_CHUNKS_RUN) --var WORKERS=$(DATA_WORKERS) \
 		--var ALLOW_PARTIAL=$(ALLOW_PARTIAL)
 
 merge: $(VENV_STAMP) ## concatenate extracted files into grouped JSONL (<dataset>-extracted-merged)
-	$(SUBMIT) --template pbs/merge.pbs --name merge-$(DATASET) --walltime $(call walltime,24:00:00) \
+	$(SUBMIT) --template pbs/merge.pbs --name merge-$(DATASET) --walltime $(call walltime,MERGE) \
 		--var DATASET=$(DATASET) --var WORKERS=$(DATA_WORKERS) --var VALIDATE=$(VALIDATE) \
 		--var ON_BAD_LINE=$(ON_BAD_LINE)
 
 clean-intermediate: $(VENV_STAMP) ## remove extracted and merged trees once every tokenized output is complete
-	$(SUBMIT) --template pbs/clean_intermediate.pbs --name clean-$(DATASET) --walltime $(call walltime,02:00:00) \
+	$(SUBMIT) --template pbs/clean_intermediate.pbs --name clean-$(DATASET) --walltime $(call walltime,CLEAN) \
 		--var DATASET=$(DATASET) --var TOKENIZER_NAME=$(TOKENIZER_NAME)
 
 # tokenize: TOKENIZER_MODEL is required (no default); TOKENIZER_TYPE = Megatron's tokenizer class whose
@@ -228,26 +240,46 @@ $(call require_int,TOKENIZE_WORKERS)
 tokenize: $(VENV_STAMP) ## tokenize merged files into Megatron .bin/.idx (<dataset>-<tok>-tokenized)
 	@if [ -z $(call q,$(strip $(TOKENIZER_MODEL))) ]; then echo "make tokenize: TOKENIZER_MODEL is not set: give the" \
 		"tokenizer model, e.g. TOKENIZER_MODEL=/path/to/llm-jp-tokenizer-100k.ver3.1.model (or in local.mk)" >&2; exit 2; fi
-	@plan=$$($(PY) $(REPO)/scripts/tokenize_dataset.py plan --exp-dir $(call q,$(EXP_DIR)) --dataset $(DATASET) \
+	$(PY) $(REPO)/scripts/tokenize_dataset.py submit $(SCHEDULER_FLAGS) --dataset $(DATASET) \
 		--tokenizer-name $(TOKENIZER_NAME) --tokenizer-type $(TOKENIZER_TYPE) \
-		--tokenizer-model $(call q,$(call apath,TOKENIZER_MODEL)) $(call qwords,$(TOKENIZE_ARGS))); set -- $$plan; \
-	if [ "$$1" = 0 ]; then echo "make tokenize: every output of $(DATASET) is up to date"; exit 0; fi; \
-	array=; if [ "$$1" -gt 1 ]; then array="--array 0-$$(($$1 - 1))"; fi; \
-	$(SUBMIT) --parallel 1 --template pbs/tokenize.pbs --name tokenize-$(DATASET)-$(TOKENIZER_NAME) \
-		--walltime $(call walltime,12:00:00) $$array --var "PLAN=$$2" --var WORKERS=$(TOKENIZE_WORKERS)
+		--tokenizer-model $(call q,$(call apath,TOKENIZER_MODEL)) --walltime $(call walltime,TOKENIZE) \
+		--workers $(TOKENIZE_WORKERS) $(call qwords,$(TOKENIZE_ARGS))
 
 # count/mix: TASK_OUT writes the lists and reports elsewhere than tasks/<TASK>/ (mix then reads the
 # all-list there too); ALL_LIST makes mix read another all-list: PATH, or TASK=PATH for another task
 # of a union (space-separated)
 TASK_OUT ?=
 ALL_LIST ?=
-count: $(VENV_STAMP) ## exact token counts from .idx files -> tasks/<TASK>/train_data.all.sh
+# count and mix are file rules, so `make -n mix` shows the chain. count reruns whenever this EXP_DIR holds
+# tokenized data of TOKENIZER_NAME (cheap, and an unchanged list keeps its bytes and mtime); without any, an
+# existing list is used as it is (a login node that has only the lists). mix always reruns (PARAM, SIZE).
+TASK_DIR = $(if $(TASK_OUT),$(call apath,TASK_OUT),$(REPO)/tasks/$(TASK))
+$(if $(findstring :,$(TASK_OUT)$(EXP_DIR)),$(error TASK_OUT and EXP_DIR cannot hold a colon: make reads it as a rule))
+ALL_LIST_FILE = $(TASK_DIR)/train_data.all.sh
+MIX_LIST_FILE = $(TASK_DIR)/train_data_$(SIZE).sh
+TASK_CONFIG = $(wildcard $(REPO)/tasks/$(TASK)/mixture.yaml)
+TOKENIZED_HERE = $(wildcard $(EXP_DIR)/.state/*/tokenize-$(TOKENIZER_NAME)/done.json)
+.PHONY: rerun
+count: $(ALL_LIST_FILE) ## exact token counts from .idx files -> tasks/<TASK>/train_data.all.sh
+mix: $(MIX_LIST_FILE) ## mixture list tasks/<TASK>/train_data_<SIZE>.sh plus a report (counts first)
+
+$(ALL_LIST_FILE): $(VENV_STAMP) $(TASK_CONFIG) $(if $(TOKENIZED_HERE),rerun)
 	$(PY) $(REPO)/scripts/count.py --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --tokenizer-name $(TOKENIZER_NAME) \
 		$(if $(TASK_OUT),--out-dir $(call q,$(TASK_OUT)))
 
-mix: $(VENV_STAMP) ## mixture list tasks/<TASK>/train_data_<SIZE>.sh plus a report
+$(MIX_LIST_FILE): $(VENV_STAMP) $(TASK_CONFIG) $(if $(ALL_LIST),,$(ALL_LIST_FILE)) rerun
 	$(PY) $(REPO)/scripts/mix.py --task $(TASK) --size $(SIZE) --param $(call q,$(PARAM)) \
 		$(if $(TASK_OUT),--out-dir $(call q,$(TASK_OUT))) $(foreach list,$(ALL_LIST),--all-list $(call q,$(list)))
+
+.PHONY: data
+data: ## extract -> merge -> tokenize -> count -> mix, one after another here (SCHEDULER=local)
+	@if [ $(SCHEDULER) != local ]; then echo "make data runs the steps one after another on this machine; under" \
+		"SCHEDULER=$(SCHEDULER) submit make extract, merge and tokenize one by one (tokenize plans from what merge" \
+		"wrote), then run make count mix" >&2; exit 2; fi
+	$(MAKE) --no-print-directory extract
+	$(MAKE) --no-print-directory merge
+	$(MAKE) --no-print-directory tokenize
+	$(MAKE) --no-print-directory mix
 
 # ---------------------------------------------------------------------------------------------
 # Training: env -> init -> train (per seed) -> convert -> soup
@@ -261,7 +293,7 @@ ENV_PYTHON ?=
 ENV_CHECK_ARGS ?=
 ENV_SETUP_DRY = $(PY) $(REPO)/scripts/env_setup.py --env-dir $(call q,$(call apath,ENV_DIR)) \
 	--config $(call q,$(call apath,ENV_CONFIG)) --dry-run
-ENV_SETUP_JOB = $(SUBMIT) --template pbs/setup_env.pbs --name setup-env --walltime $(call walltime,04:00:00) \
+ENV_SETUP_JOB = $(SUBMIT) --template pbs/setup_env.pbs --name setup-env --walltime $(call walltime,ENV) \
 	--var $(call q,ENV_DIR=$(call apath,ENV_DIR)) --var $(call q,ENV_CONFIG=$(call apath,ENV_CONFIG))
 # quoted words; under PBS they travel as one shell-quoted STEP_ARGS that pbs/run_step.pbs splits, never evaluates
 ENV_CHECK_FLAGS = $(call q,--env-dir=$(call apath,ENV_DIR)) $(call q,--python=$(ENV_PYTHON)) \
@@ -273,7 +305,7 @@ env: $(VENV_STAMP) ## install the training environment (Megatron-LM, TE, apex, f
 
 env-check: $(VENV_STAMP) ## check that ENV_DIR can run the jobs (versions, GPUs, imports)
 	$(if $(filter pbs,$(SCHEDULER)),$(SUBMIT) --template pbs/run_step.pbs --name env-check \
-		--walltime $(call walltime,00:10:00) --var STEP=env_check --var $(call q,STEP_ARGS=$(ENV_CHECK_FLAGS)), \
+		--walltime $(call walltime,ENV_CHECK) --var STEP=env_check --var $(call q,STEP_ARGS=$(ENV_CHECK_FLAGS)), \
 		cd $(REPO) && $(PY) scripts/env_check.py $(ENV_CHECK_FLAGS))
 
 # args/init/train/train-seeds/chain: DATA_LIST reads another mixture list than tasks/<TASK>/train_data_<SIZE>.sh;
@@ -282,7 +314,7 @@ env-check: $(VENV_STAMP) ## check that ENV_DIR can run the jobs (versions, GPUs,
 # or submits despite a live job of the run; GPUS_PER_NODE (default: counted by the job, else 8); LAUNCHER
 # auto|mpi|torchrun; MASTER_PORT; wandb logging when WANDB_PROJECT (and WANDB_ENTITY) is set; ARGS_MODE
 # train|convert for make args; CKPT is what make ckpt-info reads. chain: CPU_QUEUE (init and soup jobs;
-# default PBS_QUEUE), CONVERT_WALLTIME, SOUP_WALLTIME; the convert and soup knobs below apply to its jobs.
+# default PBS_QUEUE), INIT_WALLTIME, CONVERT_WALLTIME, SOUP_WALLTIME; the convert and soup knobs below apply to its jobs.
 DATA_LIST ?=
 BASE_CKPT ?=
 BASE_ITER ?=
@@ -295,8 +327,6 @@ WANDB_PROJECT ?=
 ARGS_MODE ?= train
 CKPT ?=
 CPU_QUEUE ?=
-CONVERT_WALLTIME ?= 04:00:00
-SOUP_WALLTIME ?= 04:00:00
 $(if $(BASE_ITER),$(call require_int,BASE_ITER))
 # the run and its inputs, as scripts/train_args.py and scripts/train.py take them
 TRAIN_RUN = --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PARAM)) --size $(SIZE) \
@@ -305,7 +335,7 @@ TRAIN_RUN = --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PAR
 	--wandb-project $(call q,$(WANDB_PROJECT)) --train-python $(call q,$(TRAIN_PYTHON))
 TRAIN_JOB = --gpus-per-node $(call q,$(GPUS_PER_NODE)) --launcher-knob $(call q,$(LAUNCHER)) \
 	--master-port $(call q,$(MASTER_PORT)) \
-	--walltime $(call walltime,168:00:00) $(if $(filter 1,$(FORCE)),--force)
+	--walltime $(call walltime,TRAIN) $(if $(filter 1,$(FORCE)),--force)
 TRAIN = $(PY) $(REPO)/scripts/train.py
 args: $(VENV_STAMP) ## print the Megatron arguments of a run (TASK PARAM SIZE SEED), one per line
 	@$(PY) $(REPO)/scripts/train_args.py $(TRAIN_RUN) --seed $(SEED) --mode $(call q,$(ARGS_MODE)) \
@@ -329,7 +359,8 @@ train-seeds: $(VENV_STAMP) ## submit one training run per seed in SEEDS
 chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, chained with afterok
 	$(TRAIN) chain $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SCHEDULER_FLAGS) --base-ckpt $(call q,$(BASE_CKPT)) \
 		$(if $(BASE_ITER),--base-iter $(BASE_ITER)) --cpu-queue $(call q,$(CPU_QUEUE)) \
-		--convert-walltime $(call q,$(CONVERT_WALLTIME)) --soup-walltime $(call q,$(SOUP_WALLTIME)) \
+		--init-walltime $(call q,$(INIT_WALLTIME)) --convert-walltime $(call q,$(CONVERT_WALLTIME)) \
+		--soup-walltime $(call q,$(SOUP_WALLTIME)) \
 		--convert-opt=$(call q,--converter=$(CONVERTER)) --convert-opt=$(call q,--hf-tokenizer-dir=$(HF_TOKENIZER_DIR)) \
 		--convert-opt=$(call q,--vocab-size=$(VOCAB_SIZE)) --convert-opt=$(call q,--dtype=$(CONVERT_DTYPE)) \
 		--soup-name $(call q,$(SOUP_NAME)) --soup-config-dir $(call q,$(SOUP_CONFIG_DIR)) \
@@ -349,7 +380,7 @@ convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face fo
 		--launcher $(if $(filter torchrun,$(LAUNCHER)),torchrun,mpi) --iter $(call q,$(or $(ITER),latest)) \
 		--converter $(call q,$(CONVERTER)) --hf-tokenizer-dir $(call q,$(HF_TOKENIZER_DIR)) \
 		--vocab-size $(call q,$(VOCAB_SIZE)) --dtype $(call q,$(CONVERT_DTYPE)) --cpu-queue $(call q,$(CPU_QUEUE)) \
-		--walltime $(call walltime,$(CONVERT_WALLTIME)) --gpus-per-node $(call q,$(GPUS_PER_NODE)) \
+		--walltime $(call walltime,CONVERT) --gpus-per-node $(call q,$(GPUS_PER_NODE)) \
 		--launcher-knob $(call q,$(LAUNCHER)) --master-port $(call q,$(MASTER_PORT)) \
 		$(if $(filter 1,$(FORCE)),--force) $(SCHEDULER_FLAGS)
 
@@ -379,7 +410,7 @@ soup: $(VENV_STAMP) ## merge the runs of SOUP_CONFIG=merge/<name>.yaml with merg
 	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,SOUP_CONFIG)) \
 		--exp-dir $(call q,$(EXP_DIR)) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
 	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,SOUP_CONFIG)))) \
-		--walltime $(call walltime,$(SOUP_WALLTIME)) --var $(call q,SOUP_CONFIG=$(call apath,SOUP_CONFIG)) \
+		--walltime $(call walltime,SOUP) --var $(call q,SOUP_CONFIG=$(call apath,SOUP_CONFIG)) \
 		--var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
 		--var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
 

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import run_main
-from pipeline.scheduler import SchedulerOptions, make_job, parse_var, submit
+from pipeline.scheduler import add_scheduler_arguments, make_job, parse_var, scheduler_options, submit
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,16 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="variable for the job (qsub -v); repeatable")
     parser.add_argument("--array", default="", help="array range START-END[:STEP][%%MAX] (qsub -J)")
-    parser.add_argument("--depend", default="", help="afterok:ID[:ID], afterany:..., or bare ids (= afterok)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes (-l select=N)")
     parser.add_argument("--walltime", default="", help="HH:MM:SS (-l walltime=)")
-    parser.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="where the job runs")
-    parser.add_argument("--group", default="", help="PBS group (-P); required with --scheduler pbs")
-    parser.add_argument("--queue", default="", help="PBS queue (-q); required with --scheduler pbs")
-    parser.add_argument("--rtype", default="", help="resource type with a reservation queue (-v RTYPE=)")
-    parser.add_argument("--exp-dir", required=True, help="EXP_DIR: logs and jobs.jsonl go here")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
-                        help="local mode: array indices run at once")
+    add_scheduler_arguments(parser, default_parallel=os.cpu_count() or 1)
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     return parser.parse_args(argv)
 
@@ -50,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     variables = dict(parse_var(v) for v in args.var)
     job = make_job(args.template, args.name, variables, exp, array=args.array, depend=args.depend,
                    nodes=args.nodes, walltime=args.walltime)
-    options = SchedulerOptions(args.scheduler, args.group, args.queue, args.rtype, args.parallel, args.dry_run)
-    status, job_id = submit(job, options, exp)
+    status, job_id = submit(job, scheduler_options(args, args.dry_run), exp)
     if job_id:
         print(job_id)   # alone on stdout: DEPEND chains read it
     return status

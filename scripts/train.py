@@ -53,9 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chain.add_argument("--convert-opt", action="append", default=[], metavar="--OPTION=VALUE",
                        help="an option for scripts/convert.py submit (--converter=, --hf-tokenizer-dir=, ...); "
                             "repeatable")
-    chain.add_argument("--init-walltime", default="0:30:00", help="init job walltime")
-    chain.add_argument("--convert-walltime", default="04:00:00", help="convert job walltime (CONVERT_WALLTIME)")
-    chain.add_argument("--soup-walltime", default="04:00:00", help="soup job walltime (SOUP_WALLTIME)")
+    chain.add_argument("--init-walltime", default="", help="INIT_WALLTIME of the init jobs")
+    chain.add_argument("--convert-walltime", default="", help="CONVERT_WALLTIME of the convert jobs")
+    chain.add_argument("--soup-walltime", default="", help="SOUP_WALLTIME of the soup job")
     chain.add_argument("--cpu-queue", default="", help="CPU_QUEUE for the init and soup jobs (default: --queue)")
     chain.add_argument("--soup-name", default="", help="SOUP_NAME: merge/<name>.yaml (default TASK_PARAM_SIZE)")
     chain.add_argument("--soup-config-dir", default="", help="SOUP_CONFIG_DIR for the soup config (default: merge/)")

@@ -128,3 +128,17 @@ def test_make_n_of_a_job_target_submits_nothing(make, fake_pbs, target):
                   "TOKENIZER_MODEL=/nonexistent/tok.model", "BASE_CKPT=/nonexistent/ckpt", check=False)
     assert result.returncode == 0, result.stderr
     assert fake_pbs.submissions() == []
+
+
+def test_each_job_has_one_walltime_knob_and_walltime_overrides_it(make, fake_pbs):
+    pbs = ("SCHEDULER=pbs", "PBS_GROUP=g", "PBS_QUEUE=q")
+    assert "--walltime '12:00:00'" in make("-n", "extract", *pbs).stdout
+    assert "--walltime '01:30:00'" in make("-n", "extract", *pbs, "EXTRACT_WALLTIME=01:30:00").stdout
+    assert "--walltime '00:05:00'" in make("-n", "extract", *pbs, "EXTRACT_WALLTIME=01:30:00",
+                                           "WALLTIME=00:05:00").stdout
+    assert "--walltime '02:00:00'" in make("-n", "soup", *pbs, "SOUP_CONFIG=/x.yaml", "SOUP_WALLTIME=02:00:00").stdout
+
+
+def test_make_data_runs_here_only(make):
+    result = make("data", "SCHEDULER=pbs", "PBS_GROUP=g", "PBS_QUEUE=q", check=False)
+    assert result.returncode == 2 and "one after another on this machine" in result.stderr

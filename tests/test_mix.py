@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_script, shared_path
 from mix_helpers import DEMO_FILES, make_tokenized, write_all_list, write_params, write_task
-from pipeline.datalist import read_list
+from pipeline.datalist import Entry, read_list, write_list
 from pipeline.errors import PipelineError
 from pipeline.mixture import (files_from_list, iterations, list_iterations, load_task, resolve,
                               share_weights, FileTokens)
@@ -227,3 +227,24 @@ def test_committed_task_configs_load():
         assert config.sizes
     assert set(load_task(DOLMINO).sizes) >= {"50B", "100B", "300B", "olmo2-50B", "olmo2-100B", "olmo2-300B"}
     assert set(load_task(MEGAMATH).sizes) == {"80B", "130B", "180B", "380B"}
+
+
+def test_make_n_mix_shows_the_count_then_the_mix(make, exp_dir, tmp_path):
+    make_tokenized(exp_dir, "dolmino-mix-1124", "demo", DEMO_FILES)
+    out = tmp_path / "out"
+    knobs = ("TASK=demo", "SIZE=demo", "TOKENIZER_NAME=demo", "PARAM=tiny", f"TASK_OUT={out}")
+    planned = make("-n", "mix", *knobs).stdout
+    assert "scripts/count.py" in planned and "scripts/mix.py" in planned
+    assert planned.index("scripts/count.py") < planned.index("scripts/mix.py")
+    assert not out.exists()   # -n ran nothing
+    make("mix", *knobs)
+    assert (out / "train_data.all.sh").is_file() and (out / "train_data_demo.sh").is_file()
+
+
+def test_without_tokenized_data_here_an_existing_all_list_is_used_as_it_is(make, tmp_path):
+    # a login node that has the lists but not the data: mix must not try to count
+    out = tmp_path / "out"
+    write_list(out / "train_data.all.sh", [Entry(tokens, f"/data/{rel}_text_document")
+                                           for rel, tokens in sorted(DEMO_FILES.items())])
+    planned = make("-n", "mix", "TASK=demo", "SIZE=demo", "TOKENIZER_NAME=demo", "PARAM=tiny", f"TASK_OUT={out}").stdout
+    assert "scripts/count.py" not in planned and "scripts/mix.py" in planned

@@ -145,7 +145,8 @@ def test_pbs_submits_soup_pbs_after_checks(make, exp_dir, tmp_path, fake_pbs):
     paths = make_runs(exp_dir, (1, 2, 3))
     pbs = ("SCHEDULER=pbs", "PBS_GROUP=grp", "PBS_QUEUE=rt_HC")
     config = write_merge_config(tmp_path / "merge" / "s.yaml", paths)
-    job_id = make("soup", *pbs, f"SOUP_CONFIG={config}", "SOUP_VERIFY=sample", "SOUP_CUDA=1").stdout.strip().splitlines()[-1]
+    submitted = make("soup", *pbs, f"SOUP_CONFIG={config}", "SOUP_VERIFY=sample", "SOUP_CUDA=1")
+    job_id = submitted.stdout.strip().splitlines()[-1]
     sub = fake_pbs.submissions()[-1]
     assert sub["job_id"] == job_id and sub["argv"][-1] == str(REPO / "pbs" / "soup.pbs") and sub["name"] == "soup-s"
     assert sub["variables"]["SOUP_CONFIG"] == str(config) and sub["variables"]["EXP_DIR"] == str(exp_dir)
@@ -159,12 +160,14 @@ def test_pbs_submits_soup_pbs_after_checks(make, exp_dir, tmp_path, fake_pbs):
 
     # a chain: the runs are still training, so the config names ITER and the job waits on DEPEND
     merge_dir = tmp_path / "merge"
-    make("soup-config", "soup", *pbs, *RUN_KNOBS, "SEEDS=7 8", "ITER=500", "DEPEND=12.pbs1", f"SOUP_CONFIG_DIR={merge_dir}")
+    make("soup-config", "soup", *pbs, *RUN_KNOBS, "SEEDS=7 8", "ITER=500", "DEPEND=12.pbs1",
+         f"SOUP_CONFIG_DIR={merge_dir}")
     assert str(checkpoint(exp_dir, 7, iteration=500)) in (merge_dir / "t_p_50B.yaml").read_text()
     sub = fake_pbs.submissions()[-1]
-    assert sub["depend"] == [["afterok", ["12.pbs1"]]] and sub["variables"]["SOUP_CONFIG"] == str(merge_dir / "t_p_50B.yaml")
-    pending = make("soup-config", *RUN_KNOBS, "SEEDS=7 8", "DEPEND=12.pbs1", "SOUP_NAME=x", f"SOUP_CONFIG_DIR={merge_dir}",
-                   check=False)
+    assert sub["depend"] == [["afterok", ["12.pbs1"]]]
+    assert sub["variables"]["SOUP_CONFIG"] == str(merge_dir / "t_p_50B.yaml")
+    pending = make("soup-config", *RUN_KNOBS, "SEEDS=7 8", "DEPEND=12.pbs1", "SOUP_NAME=x",
+                   f"SOUP_CONFIG_DIR={merge_dir}", check=False)
     assert pending.returncode != 0 and "ITER=" in pending.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_script
 from tokenize_helpers import (assert_same_files, big_sp_model, corpus_texts, llama2_ids, megatron_build,
                               tiny_sp_model, write_jsonl)
 
@@ -160,3 +160,14 @@ def test_pbs_runs_one_array_index_per_file(make, exp_dir, model, fake_pbs):
     single = fake_pbs.submissions()[-1]
     assert single["array"] is None and "-J" not in single["argv"]
     assert json.loads(Path(single["variables"]["PLAN"]).read_text())["items"] == ["flan-all.jsonl"]
+
+
+def test_make_data_runs_extract_to_mix_in_order(make, exp_dir, model, tmp_path):
+    run_script("demo_data", "--output", str(exp_dir / "dolmino-mix-1124"), "--docs", "5", folder=REPO / "demo")
+    out = tmp_path / "task"
+    result = make("data", "ALLOW_PARTIAL=1", f"TOKENIZER_MODEL={model}", "TOKENIZER_NAME=tiny", "TASK=demo",
+                  "SIZE=demo", "PARAM=tiny", f"TASK_OUT={out}")
+    steps = ("pbs/extract.pbs", "pbs/merge.pbs", "tokenize_dataset.py submit")
+    order = [result.stdout.index(marker) for marker in steps]
+    assert order == sorted(order) and result.stdout.index("scripts/mix.py") > order[-1]
+    assert (out / "train_data.all.sh").is_file() and (out / "train_data_demo.sh").is_file()

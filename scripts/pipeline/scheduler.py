@@ -214,6 +214,22 @@ class SchedulerOptions:
         self.parallel, self.dry_run = parallel, dry_run
 
 
+def add_scheduler_arguments(parser, default_parallel: int = 1) -> None:
+    """The Makefile's $(SCHEDULER_FLAGS), as every submitting script takes them."""
+    parser.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="where the job runs")
+    parser.add_argument("--exp-dir", required=True, help="EXP_DIR: logs and jobs.jsonl go here")
+    parser.add_argument("--group", default="", help="PBS group (-P); required with --scheduler pbs")
+    parser.add_argument("--queue", default="", help="PBS queue (-q); required with --scheduler pbs")
+    parser.add_argument("--rtype", default="", help="resource type with a reservation queue (-v RTYPE=)")
+    parser.add_argument("--depend", default="", help="afterok:ID[:ID], afterany:..., or bare ids (= afterok)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (-l select=N)")
+    parser.add_argument("--parallel", type=int, default=default_parallel, help="local mode: array indices run at once")
+
+
+def scheduler_options(args, dry_run: bool = False) -> "SchedulerOptions":
+    return SchedulerOptions(args.scheduler, args.group, args.queue, args.rtype, args.parallel, dry_run)
+
+
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.+-]{0,235}$")
 WALLTIME = re.compile(r"^\d+:[0-5]\d:[0-5]\d$")
