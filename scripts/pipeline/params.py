@@ -35,7 +35,6 @@ TRANSFORMER_IMPLS = ("transformer_engine", "local")
 ATTENTION_BACKENDS = ("flash", "fused", "unfused", "auto")
 CKPT_FORMATS = ("torch_dist",)          # the midtraining start (make init) rewrites torch_dist checkpoints
 DATA_ARGS = ("inline", "file")          # --data-path w p ... | --data-args-path <file> (newer Megatron only)
-NOT_PARAMS = ("environment",)           # other YAML files living in params/
 
 
 def params_path(name: str) -> Path:
@@ -51,7 +50,7 @@ def param_name(param: str) -> str:
 
 
 def known_params() -> list[str]:
-    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml") if p.stem not in NOT_PARAMS)
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))  # environment.toml is not a params file
 
 
 def load_params(name: str) -> Section:
