@@ -287,7 +287,7 @@ data: ## extract -> merge -> tokenize -> count -> mix, one after another here (S
 .PHONY: env env-check args init ckpt-info train train-seeds chain convert soup-config soup report
 # env / env-check: ENV_CONFIG holds the pins; DRY_RUN=1 prints the installer's commands and runs nothing;
 # ENV_PYTHON checks that interpreter instead of ENV_DIR's venv; ENV_CHECK_ARGS e.g. --no-gpu on a login node
-ENV_CONFIG ?= $(REPO)/params/environment.yaml
+ENV_CONFIG ?= $(REPO)/params/environment.toml
 DRY_RUN ?=
 ENV_PYTHON ?=
 ENV_CHECK_ARGS ?=

@@ -109,7 +109,7 @@ def child(mode: str, ckpt: Path, out: Path, vocab: int) -> None:
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
 
-    from pipeline.hf_convert import convert_checkpoint
+    from pipeline.convert_native import convert_checkpoint
     baseline = peak_rss_bytes()
     started = time.perf_counter()
     if mode == "ours":

@@ -20,7 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.errors import run_main
-from pipeline.mixture import count_task, load_task
+from pipeline.counting import count_task
+from pipeline.mixture import load_task
 from pipeline.paths import state_dir, tokenized_dir
 
 TARGET_S = 2.0

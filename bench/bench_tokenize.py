@@ -233,8 +233,8 @@ def raw_parallel(sp, texts: list[str], processes: int, batched: bool) -> tuple[f
 
 
 def count_bin_tokens(prefix: Path) -> int:
-    from pipeline.indexed import count_tokens
-    return count_tokens(f"{prefix}.idx")
+    from pipeline.indexed import index_counts
+    return index_counts(f"{prefix}.idx")[0]
 
 
 def same_files(a: Path, b: Path) -> bool:

@@ -22,6 +22,7 @@ from pipeline.atomic import write_json, write_text
 from pipeline.convert_job import CONVERTERS, DTYPES, check_inputs, conversion_args, output_dir, step1_resolved
 from pipeline.convert_submit import show_plan, submit_conversion
 from pipeline.errors import fail, run_main
+from pipeline.hf_folder import RECORD_FILE
 from pipeline.provenance import provenance
 from pipeline.run_options import add_convert_job_arguments, add_request_arguments, request
 
@@ -48,7 +49,6 @@ def do_step1_args(args: argparse.Namespace) -> int:
 
 
 def do_record(args: argparse.Namespace) -> int:
-    from pipeline.hf_convert import RECORD_FILE
     folder = Path(args.folder)
     step1 = Path(args.step1_args).read_text().splitlines() if args.step1_args else None
     write_json(folder / RECORD_FILE, provenance(
@@ -59,7 +59,7 @@ def do_record(args: argparse.Namespace) -> int:
 
 
 def do_check(args: argparse.Namespace) -> int:
-    from pipeline.hf_convert import check_hf_folder
+    from pipeline.convert_native import check_hf_folder
     check_hf_folder(args.folder, load_config=not args.no_transformers)
     return 0
 

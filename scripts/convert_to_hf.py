@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from pipeline.errors import run_main
-from pipeline.hf_convert import DEFAULT_MAX_SHARD_BYTES, DTYPES, convert_checkpoint, parse_size
+from pipeline.convert_native import DTYPES, convert_checkpoint, parse_size
+from pipeline.hf_folder import DEFAULT_MAX_SHARD_BYTES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,8 @@ from pathlib import Path
 from pipeline.datalist import Entry, render_list
 from pipeline.errors import run_main
 from pipeline.atomic import write_if_changed
-from pipeline.mixture import ALL_LIST_NAME, TABLE_NAME, count_task, load_task, render_table
+from pipeline.counting import TABLE_NAME, count_task, render_table
+from pipeline.mixture import ALL_LIST_NAME, load_task
 from pipeline.paths import TASKS_DIR, exp_dir
 from pipeline.progress import progress
 

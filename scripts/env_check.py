@@ -5,7 +5,7 @@ Python and torch versions against the pins, CUDA visible and the GPU count, Tran
 flash-attn importable, the Megatron-LM checkout and its built C++ helper, the tokenizer models, and
 the checkpoint-loading (weights_only) setting in force. The checks run in the environment's own
 Python after sourcing ENV_DIR/activate.sh, as a job would. Needs only the standard library (and
-reads params/environment.yaml without PyYAML if need be), so it also runs on a bare GPU machine:
+reads params/environment.toml with tomllib, no PyYAML), so it also runs on a bare GPU machine:
 
     env_check.py --env-dir /path/to/env                 # an environment made by `make env`
     env_check.py --python python3 --no-gpu              # this interpreter, on a login node
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env-dir", default="", help="the environment made by `make env` (ENV_DIR)")
     parser.add_argument("--python", default="",
                         help="interpreter to check (command or path); default ENV_DIR/venv/bin/python")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the pinned environment description (YAML)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the pinned environment description (TOML)")
     parser.add_argument("--megatron-path", default="",
                         help="Megatron-LM checkout to check; default ENV_DIR/src/Megatron-LM")
     parser.add_argument("--tokenizer-model", action="append", default=[],

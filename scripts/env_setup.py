@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Install the training environment (Python, torch, apex, flash-attn, TransformerEngine, Megatron-LM,
-llm-jp-tokenizer) into ENV_DIR, with every version from params/environment.yaml.
+llm-jp-tokenizer) into ENV_DIR, with every version from params/environment.toml.
 
 Ordered, named steps; each logged to ENV_DIR/logs/; a re-run skips finished steps and resumes at the
 failed one; a failure names its step. The last step writes ENV_DIR/activate.sh, which the train and
 convert jobs source. `--dry-run` (or DRY_RUN=1) prints every command and does nothing.
 
-    env_setup.py --env-dir /path/to/env [--config params/environment.yaml] [--dry-run]
+    env_setup.py --env-dir /path/to/env [--config params/environment.toml] [--dry-run]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env-dir", default=os.environ.get("ENV_DIR", ""),
                         help="where to install (ENV_DIR); created if missing")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the pinned environment description (YAML)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="the pinned environment description (TOML)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="parallel build jobs (make -j, MAX_JOBS for apex/flash-attn)")
     parser.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") == "1",

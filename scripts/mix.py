@@ -15,8 +15,8 @@ from pathlib import Path
 from pipeline.atomic import write_if_changed
 from pipeline.config import Section, load_yaml
 from pipeline.errors import fail, run_main
-from pipeline.mixture import (ALL_LIST_NAME, load_task, render_chart, render_mix_list, render_report, resolve,
-                              summary)
+from pipeline.mixture import ALL_LIST_NAME, load_task, render_mix_list, resolve
+from pipeline.mixture_report import render_chart, render_report, summary
 from pipeline.params import load_params
 from pipeline.paths import TASKS_DIR
 

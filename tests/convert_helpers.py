@@ -1,7 +1,7 @@
 """Helpers for the conversion tests: a tiny Hugging Face Llama, its inverse mapping to Megatron's
 `torch_dist` layout, and a writer that saves several such checkpoints in one subprocess.
 
-The inverse mapping is the test's own (independent of scripts/pipeline/hf_convert.py): per layer,
+The inverse mapping is the test's own (independent of scripts/pipeline/convert_native.py): per layer,
 q/k/v are regrouped per query group ([q heads of group g; k_g; v_g]) into `linear_qkv`, gate and up
 are stacked into `linear_fc1`, the two norms become the `layer_norm_weight` of the fused linears,
 and every per-layer tensor is stacked on a leading layer dimension; the vocabulary is padded with
@@ -316,7 +316,7 @@ iteration = int(open(os.path.join(load, "latest_checkpointed_iteration.txt")).re
 rank = os.path.join(load, f"iter_{iteration:07d}", "mp_rank_00", "model_optim_rng.json")
 source = json.load(open(rank))["source"]
 sys.path.insert(0, @SCRIPTS@)
-from pipeline.hf_convert import convert_checkpoint
+from pipeline.convert_native import convert_checkpoint
 convert_checkpoint(source, value("--save-dir"), vocab_size=@PADDED@, show_progress=False,
                    dtype={"float32": "fp32", "bfloat16": "bf16"}[value("--save-dtype")])
 '''

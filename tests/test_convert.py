@@ -1,4 +1,4 @@
-"""The native converter (scripts/convert_to_hf.py, pipeline.hf_convert) on real torch_dist checkpoints.
+"""The native converter (scripts/convert_to_hf.py, pipeline.convert_native) on real torch_dist checkpoints.
 
 A tiny transformers Llama (GQA 4 heads / 2 groups, untied, vocabulary 250) is written in Megatron's
 layout by the test's own inverse mapping (tests/convert_helpers.py), padded to 256, and saved with
@@ -16,7 +16,8 @@ import torch
 from conftest import run_script
 from convert_helpers import (EXTRA_TENSORS, ITERATION, PADDED_VOCAB, fixture_checkpoints, load_hf, token_ids)
 from pipeline.errors import PipelineError
-from pipeline.hf_convert import (INDEX_FILE, RECORD_FILE, TorchDistReader, check_hf_folder, convert_checkpoint)
+from pipeline.convert_native import TorchDistReader, check_hf_folder, convert_checkpoint
+from pipeline.hf_folder import INDEX_FILE, RECORD_FILE
 from pipeline.megatron_ckpt import load_common_state, save_common_state
 
 QUIET = dict(show_progress=False, log=lambda _: None)

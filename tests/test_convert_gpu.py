@@ -1,5 +1,5 @@
 """Megatron's own model against the converted Hugging Face one: a tiny GPT built and run with megatron-core,
-saved with Megatron's dist-checkpointing (torch_dist), converted by pipeline.hf_convert (the code of
+saved with Megatron's dist-checkpointing (torch_dist), converted by pipeline.convert_native (the code of
 scripts/convert_to_hf.py), and both
 forward passes compared on the same tokens (GQA with query groups < heads, untied embeddings, vocabulary
 padding). The `cuda` case runs where an NVIDIA GPU and megatron-core are present and skips elsewhere
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.hf_convert import convert_checkpoint
+from pipeline.convert_native import convert_checkpoint
 
 HELPER = Path(__file__).resolve().parent / "megatron_gpt_helper.py"
 TOLERANCE = {"cpu": 1e-5, "cuda": 2e-3}   # fp32; on the GPU the kernels differ (cuBLAS, SDPA, maybe TF32)

@@ -11,7 +11,7 @@ import torch
 
 from convert_helpers import ITERATION, fake_megatron, fixture_checkpoints, load_hf, make_run, tiny_params, token_ids
 from pipeline.convert_job import CONVERSION_FLAGS, ConvertRequest, step1_args, step2_argv
-from pipeline.hf_convert import RECORD_FILE
+from pipeline.hf_folder import RECORD_FILE
 
 ITER_NAME = f"iter_{ITERATION:07d}"
 

@@ -11,7 +11,9 @@ from conftest import BENCH, run_script
 from mix_helpers import DEMO_FILES, make_tokenized, write_index, write_task
 from pipeline.datalist import read_list
 from pipeline.errors import PipelineError
-from pipeline.mixture import count_task, index_counts, load_task
+from pipeline.counting import count_task
+from pipeline.indexed import index_counts
+from pipeline.mixture import load_task
 from pipeline.paths import state_dir
 
 TASK_YAML = """

@@ -155,7 +155,7 @@ def test_real_probe_loads_the_real_tokenizer():
 
 
 def test_env_check_runs_without_pyyaml(tmp_path):
-    """On a bare GPU machine: the pins are read by the stand-in reader when PyYAML is missing."""
+    """On a bare GPU machine: the pins are TOML, read with the standard library when PyYAML is missing."""
     layout = make_fake_env(tmp_path / "env")
     blocker = tmp_path / "noyaml" / "yaml"
     blocker.mkdir(parents=True)

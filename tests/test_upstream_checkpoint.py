@@ -11,7 +11,7 @@ import torch
 
 from conftest import run_script
 from gpu.gpu_check import hf_tokenizer_folder
-from pipeline.hf_convert import TorchDistReader, convert_checkpoint
+from pipeline.convert_native import TorchDistReader, convert_checkpoint
 from pipeline.megatron_ckpt import common_state_layout, common_state_summary, load_common_state
 from pipeline.midtrain import init_run
 from pipeline.paths import run_dir

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.errors import fail
-from pipeline.extraction import read_json
 from pipeline.hub import human
+from pipeline.merging import merged_outputs
 from pipeline.paths import extracted_dir, merged_dir, state_dir
 from pipeline.provenance import provenance
 
@@ -39,10 +39,9 @@ def tokenize_sentinel(exp: Path, dataset: str, tokenizer_name: str, output: str)
 
 def missing_tokenized(exp: Path, dataset: str, tokenizer_name: str) -> tuple[list[str], list[dict]]:
     """(problems, merged outputs): what keeps the intermediate trees from being removed."""
-    merge_done = read_json(state_dir(exp, dataset, "merge") / "done.json")
-    if merge_done is None:
+    outputs = merged_outputs(exp, dataset)
+    if outputs is None:
         return [f"{state_dir(exp, dataset, 'merge') / 'done.json'}: merge has not completed"], []
-    outputs = merge_done.get("outputs", [])
     problems = [f"{tokenize_sentinel(exp, dataset, tokenizer_name, o['path'])}: {o['path']} is not tokenized"
                 for o in outputs if not tokenize_sentinel(exp, dataset, tokenizer_name, o["path"]).is_file()]
     stage_done = state_dir(exp, dataset, f"tokenize-{tokenizer_name}") / "done.json"

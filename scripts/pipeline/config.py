@@ -1,4 +1,5 @@
-"""Strict YAML config loading: unknown keys, missing keys and wrong types fail naming file and key.
+"""Strict config loading: unknown keys, missing keys and wrong types fail naming file and key (YAML, or
+any document already parsed, through Section).
 
 Usage:
     doc = load_yaml(path)
@@ -13,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.errors import fail
 
 
 def load_yaml(path: str | os.PathLike) -> Any:
+    import yaml  # here, not above: Section alone serves configs of other formats without PyYAML
+
     path = Path(path)
     if not path.is_file():
         fail(f"{path}: config file not found")

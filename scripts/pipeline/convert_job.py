@@ -13,7 +13,7 @@ Two converters write `<run>/checkpoints_hf/iter_NNNNNNN/`:
     3. the Hugging Face tokenizer files copied in.
   PyTorch >= 2.6's `torch.load(weights_only=True)` default is undone by the job's environment
   (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), not by editing Megatron.
-* `native`: scripts/convert_to_hf.py on a CPU node, no Megatron (pipeline.hf_convert).
+* `native`: scripts/convert_to_hf.py on a CPU node, no Megatron (pipeline.convert_native).
 
 Either way the output is written beside its final name, checked (config and every shard load), then
 renamed into place, so `checkpoints_hf/iter_NNNNNNN/` is complete or absent.
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import fail
+from pipeline.hf_folder import tokenizer_files
 from pipeline.megatron_ckpt import TRACKER, completeness_problems, iteration_dir_name, read_tracker
 
 CONVERTERS = ("megatron", "native")
-DTYPES = ("bf16", "fp32")             # pipeline.hf_convert.DTYPES (not imported here: it imports torch)
+DTYPES = ("bf16", "fp32")             # pipeline.convert_native.DTYPES (not imported here: it imports torch)
 CHECKPOINTS_HF = "checkpoints_hf"
 TMP_PREFIX = ".convert-tmp."          # the job's temporary folder inside the run folder (visible to all nodes)
 LOADER, SAVER = "mcore", "llmjp4_hf"
@@ -246,7 +247,6 @@ def plan_text(req: ConvertRequest, iteration: int | None, *, world_size: int | N
             "step 3/3: copy the Hugging Face tokenizer files:",
         ]
         if req.hf_tokenizer_dir and Path(req.hf_tokenizer_dir).is_dir():
-            from pipeline.hf_convert import tokenizer_files
             files = [str(p) for p in tokenizer_files(Path(req.hf_tokenizer_dir))]
             lines.append("  " + q(["cp", "--", *files, f"{out_tmp}/"]))
         else:

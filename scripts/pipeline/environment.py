@@ -1,9 +1,8 @@
-"""The training environment: its pinned description (params/environment.yaml), where its parts live
+"""The training environment: its pinned description (params/environment.toml), where its parts live
 under ENV_DIR, and the activate.sh that jobs source.
 
-Only the standard library is needed at import time, apart from PyYAML; where PyYAML is missing
-(a bare GPU machine running env_check.py with its own python3) a small reader of the YAML subset
-that params/environment.yaml keeps to stands in for it.
+Only the standard library is needed (the description is TOML, read with tomllib), so env_check.py
+also runs on a GPU machine whose Python has no PyYAML.
 
     spec = load_environment(path)            # validated: unknown/missing keys name file and key
     layout = Layout(env_dir)                 # ENV_DIR/python, venv, src/Megatron-LM, activate.sh, ...
@@ -14,153 +13,19 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import Section
 from pipeline.errors import fail
 from pipeline.paths import PARAMS_DIR
 
-DEFAULT_CONFIG = PARAMS_DIR / "environment.yaml"
+DEFAULT_CONFIG = PARAMS_DIR / "environment.toml"
 SHA1 = re.compile(r"^[0-9a-f]{40}$")
 VERSION = re.compile(r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
 MODULE_NAME = re.compile(r"^[A-Za-z0-9_.+/-]+$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-# ---------------------------------------------------------------------------------------------
-# A stand-in for PyYAML's safe_load, for the subset params/environment.yaml uses: block mappings,
-# block lists (of scalars or of mappings), plain and quoted scalars, comments.
-# ---------------------------------------------------------------------------------------------
-class SimpleYAMLError(ValueError):
-    def __init__(self, line: int, problem: str) -> None:
-        super().__init__(f"line {line}: {problem}")
-        self.problem = problem
-        self.problem_mark = types.SimpleNamespace(line=line - 1)
-
-
-_KEY = re.compile(r"""^("[^"]*"|'[^']*'|[^\s'"#:\-?][^:]*?|-[^\s:][^:]*?)\s*:(?:\s+(.*))?$""")
-_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
-_FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-def _strip_comment(line: str) -> str:
-    quote = None
-    for i, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"" and (i == 0 or line[i - 1] in " \t:-[{,"):
-            quote = char
-        elif char == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i]
-    return line
-
-
-def _scalar(text: str, line: int) -> Any:
-    if text[:1] in "\"'":
-        if len(text) < 2 or text[-1] != text[0]:
-            raise SimpleYAMLError(line, f"unterminated quoted string {text!r}")
-        inner = text[1:-1]
-        return inner.replace("''", "'") if text[0] == "'" else inner
-    if text[:1] in "[{|>&*!%@`":
-        raise SimpleYAMLError(line, f"{text[:1]!r} (flow style, block scalar, anchor or tag) is beyond the "
-                                    "subset this reader knows; install PyYAML")
-    if text in ("null", "Null", "NULL", "~"):
-        return None
-    if text in ("true", "True", "TRUE"):
-        return True
-    if text in ("false", "False", "FALSE"):
-        return False
-    if _INT.match(text):
-        return int(text)
-    if _FLOAT.match(text):
-        return float(text)
-    return text
-
-
-def _block(lines: list[tuple[int, int, str]], i: int, indent: int) -> tuple[Any, int]:
-    if lines[i][2] == "-" or lines[i][2].startswith("- "):
-        items = []
-        while i < len(lines) and lines[i][1] == indent and (lines[i][2] == "-" or lines[i][2].startswith("- ")):
-            number, _, text = lines[i]
-            rest = text[1:].strip()
-            if not rest:
-                if i + 1 < len(lines) and lines[i + 1][1] > indent:
-                    value, i = _block(lines, i + 1, lines[i + 1][1])
-                else:
-                    value, i = None, i + 1
-            elif _KEY.match(rest):
-                # "- key: value" opens a mapping whose keys sit where `key` starts
-                inner = indent + (len(text) - len(rest))
-                lines[i] = (number, inner, rest)
-                value, i = _block(lines, i, inner)
-            else:
-                value, i = _scalar(rest, number), i + 1
-            items.append(value)
-        return items, i
-    mapping: dict = {}
-    while i < len(lines) and lines[i][1] == indent:
-        number, _, text = lines[i]
-        if text == "-" or text.startswith("- "):
-            break
-        match = _KEY.match(text)
-        if not match:
-            raise SimpleYAMLError(number, f"expected 'key: value', got {text!r}")
-        key = _scalar(match[1], number)
-        if key in mapping:
-            raise SimpleYAMLError(number, f"duplicate key {key!r}")
-        rest = (match[2] or "").strip()
-        i += 1
-        if rest:
-            mapping[key] = _scalar(rest, number)
-        elif i < len(lines) and (lines[i][1] > indent or (lines[i][1] == indent and lines[i][2].startswith("-"))):
-            mapping[key], i = _block(lines, i, lines[i][1])
-        else:
-            mapping[key] = None
-    if i < len(lines) and lines[i][1] > indent:
-        raise SimpleYAMLError(lines[i][0], "unexpected indentation")
-    return mapping, i
-
-
-def simple_yaml_load(text: str) -> Any:
-    """Parse the YAML subset described above; raises SimpleYAMLError (with a line) otherwise."""
-    lines = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        content = _strip_comment(raw).rstrip()
-        if not content.strip():
-            continue
-        body = content.lstrip(" ")
-        if body.startswith("\t"):
-            raise SimpleYAMLError(number, "tab used for indentation")
-        if body in ("---", "..."):
-            continue
-        lines.append((number, len(content) - len(body), body))
-    if not lines:
-        return None
-    value, i = _block(lines, 0, lines[0][1])
-    if i != len(lines):
-        raise SimpleYAMLError(lines[i][0], "unexpected dedent or structure")
-    return value
-
-
-def _yaml_stand_in() -> types.ModuleType:
-    module = types.ModuleType("yaml")
-    module.YAMLError = SimpleYAMLError
-    module.safe_load = lambda stream: simple_yaml_load(stream.read() if hasattr(stream, "read") else stream)
-    module.__doc__ = "stand-in for PyYAML (pipeline.environment.simple_yaml_load): PyYAML is not installed"
-    return module
-
-
-try:
-    from pipeline.config import Section, load_yaml
-except ModuleNotFoundError as exc:  # no PyYAML here: read the subset ourselves
-    if exc.name != "yaml":
-        raise
-    sys.modules["yaml"] = _yaml_stand_in()
-    from pipeline.config import Section, load_yaml
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,9 +121,27 @@ def _env_map(section: Section, key: str) -> dict[str, str]:
     return result
 
 
+def load_toml(path: Path) -> dict:
+    """The TOML document at `path`; fails naming the file (and the line, for a syntax error)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            fail(f"{path}: reading TOML needs Python >= 3.11 (tomllib) or the tomli package")
+    if not path.is_file():
+        fail(f"{path}: config file not found")
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"{path}: invalid TOML: {exc}")
+
+
 def load_environment(path: str | os.PathLike = DEFAULT_CONFIG) -> EnvironmentSpec:
     path = Path(path)
-    doc = Section(load_yaml(path), path)
+    doc = Section(load_toml(path), path)
     doc.check_keys(required={"python", "cuda", "torch", "requirements", "apex", "flash_attn",
                              "transformer_engine", "megatron", "tokenizer", "modules"},
                    optional={"build_env", "job_env"})

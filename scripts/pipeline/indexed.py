@@ -79,34 +79,17 @@ def read_header(idx_path: str | os.PathLike) -> IndexHeader:
     return header
 
 
-class IndexReader:
-    """Memory-mapped view of an index: lengths, pointers and document indices, never the `.bin`."""
-
-    def __init__(self, idx_path: str | os.PathLike) -> None:
-        self.header = read_header(idx_path)
-        s, d = self.header.sequences, self.header.document_entries
-        path = self.header.path
-        if s:
-            self.sequence_lengths = np.memmap(path, np.int32, "r", HEADER_SIZE, (s,))
-            self.sequence_pointers = np.memmap(path, np.int64, "r", HEADER_SIZE + 4 * s, (s,))
-        else:
-            self.sequence_lengths = np.zeros(0, np.int32)
-            self.sequence_pointers = np.zeros(0, np.int64)
-        self.document_indices = np.memmap(path, np.int64, "r", HEADER_SIZE + 12 * s, (d,))
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.header.dtype
-
-    def total_tokens(self) -> int:
-        return int(self.sequence_lengths.sum(dtype=np.int64))
-
-    def expected_bin_size(self) -> int:
-        return self.total_tokens() * self.dtype.itemsize
-
-
-def count_tokens(idx_path: str | os.PathLike) -> int:
-    return IndexReader(idx_path).total_tokens()
+def index_counts(idx_path: str | os.PathLike) -> tuple[int, int, int, str]:
+    """(tokens, documents, sequences, dtype name) of one index: header and lengths only, never the .bin."""
+    header = read_header(idx_path)
+    s = header.sequences
+    lengths = np.fromfile(header.path, dtype="<i4", count=s, offset=HEADER_SIZE)
+    tokens = int(lengths.sum(dtype=np.int64))
+    if s:  # the last byte offset must agree with the lengths (a cheap check against a corrupt index)
+        last = int(np.fromfile(header.path, dtype="<i8", count=1, offset=HEADER_SIZE + 4 * s + 8 * (s - 1))[0])
+        if last + int(lengths[-1]) * header.dtype.itemsize != tokens * header.dtype.itemsize:
+            fail(f"{header.path}: sequence lengths and byte offsets disagree (corrupt index)")
+    return tokens, header.documents, header.sequences, header.dtype.name
 
 
 class IndexedDatasetWriter:

@@ -8,7 +8,8 @@ the first bad line, naming file:line; skip drops and counts). Each output is wri
 Beside each output, `<name>.jsonl.meta.json` records its inputs (with their size and mtime),
 documents, bytes and dropped lines; an output is redone only when that record no longer matches.
 The stage sentinel state_dir(exp, dataset, "merge")/done.json lists every output (path relative to
-the merged folder, bytes, documents, mtime_ns): the tokenize step reads that list.
+the merged folder, bytes, documents, mtime_ns); tokenize, count and clean-intermediate read it
+through `merged_outputs`.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline import extraction
+from pipeline import atomic, extraction
 from pipeline.atomic import atomic_output, remove_temporaries, write_json
 from pipeline.datasets import Dataset, group_files
 from pipeline.errors import fail
@@ -219,3 +220,32 @@ def _print_summary(work: list[Job], metas: dict[str, dict], new: set[str], elaps
     written = sum(metas[o]["bytes"] for o in new)
     rate = f", {human(written / elapsed)}/s" if elapsed > 0 and written else ""
     print(f"wrote {len(new)} output(s), {human(written)} in {elapsed:.1f}s{rate}\n")
+
+
+def merged_outputs(exp: Path, dataset: str, required: bool = False) -> list[dict] | None:
+    """The outputs merge's sentinel lists (they may have been removed since: that is fine), checked;
+    None when merge has not completed, which `required` makes an error (as is an empty list then)."""
+    path = state_dir(exp, dataset, "merge") / "done.json"
+    done = atomic.read_json(path, bad="fail")   # a sentinel is never silently ignored
+    if done is None and path.exists():
+        fail(f"{path}: expected a JSON object with an 'outputs' list")
+    if done is None:
+        if required:
+            fail(f"{path}: merge has not completed for {dataset}: run make merge first")
+        return None
+    outputs = done.get("outputs")
+    if not isinstance(outputs, list) or (required and not outputs):
+        fail(f"{path}: no 'outputs' list (nothing merged?)")
+    seen = set()
+    for n, entry in enumerate(outputs):
+        ok = isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"] \
+            and isinstance(entry.get("bytes"), int) and isinstance(entry.get("mtime_ns"), int)
+        if not ok:
+            fail(f"{path}: outputs[{n}] must have a 'path' string and 'bytes' and 'mtime_ns' integers")
+        rel = Path(entry["path"])
+        if rel.is_absolute() or ".." in rel.parts:
+            fail(f"{path}: outputs[{n}].path {entry['path']!r} must be relative to the merged folder")
+        if entry["path"] in seen:
+            fail(f"{path}: {entry['path']} is listed twice")
+        seen.add(entry["path"])
+    return outputs

@@ -1,4 +1,4 @@
-"""Token accounting and mixtures: a task's `mixture.yaml`, exact counts from `.idx`, mixture lists.
+"""Mixtures: a task's `mixture.yaml`, its files by source, and the weights of each size, exact.
 
 A task (`tasks/<TASK>/mixture.yaml`) names its tokenized roots (datasets), maps file prefixes to
 sources with globs, and defines named sizes of three kinds:
@@ -9,12 +9,13 @@ sources with globs, and defines named sizes of three kinds:
     union:     [size, other-task:size]     the lists of other sizes, weights summed per file
 
 All arithmetic is exact (fractions: a ratio written 0.0323 means 323/10000), so results do not
-depend on float rounding and re-runs give byte-identical lists.
+depend on float rounding and re-runs give byte-identical lists. `iterations` is the one definition
+of the training iterations a number of tokens makes. The token counts the lists start from are
+pipeline.counting's (`make count`); the report of a mix is pipeline.mixture_report's.
 """
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import os
 import re
@@ -22,18 +23,13 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.config import Section, load_yaml
 from pipeline.datalist import Entry, read_list, render_list
 from pipeline.errors import fail
-from pipeline.indexed import HEADER_SIZE, data_path, read_header
-from pipeline.paths import REPO_DIR, TASKS_DIR, state_dir, tokenized_dir
+from pipeline.paths import TASKS_DIR
 
 CONFIG_NAME = "mixture.yaml"
 ALL_LIST_NAME = "train_data.all.sh"
-TABLE_NAME = "train_data.all.tsv"
-DOCUMENT_SUFFIX = "_text_document"   # Megatron's <prefix>_<json-key>_document, key `text`
 SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 SIZE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOTAL = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([KMBT]?)\s*$", re.I)
@@ -274,114 +270,6 @@ def files_from_list(config: TaskConfig, list_path: str | os.PathLike) -> list[Fi
 
 
 # ---------------------------------------------------------------------------------------------
-# count: exact tokens from the .idx files under the task's tokenized roots
-# ---------------------------------------------------------------------------------------------
-def _scan(root: Path) -> tuple[set[str], set[str]]:
-    """Prefixes (relative to root) of the .idx and .bin files below root; hidden entries skipped."""
-    idx, bins = set(), set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                elif entry.name.endswith(".idx"):
-                    idx.add(os.path.relpath(entry.path, root)[:-4])
-                elif entry.name.endswith(".bin"):
-                    bins.add(os.path.relpath(entry.path, root)[:-4])
-    return idx, bins
-
-
-def index_counts(idx_path: Path) -> tuple[int, int, int, str]:
-    """(tokens, documents, sequences, dtype) of one index: header and lengths only, never the .bin."""
-    header = read_header(idx_path)
-    s = header.sequences
-    lengths = np.fromfile(idx_path, dtype="<i4", count=s, offset=HEADER_SIZE)
-    tokens = int(lengths.sum(dtype=np.int64))
-    if s:  # the last byte offset must agree with the lengths (a cheap check against a corrupt index)
-        last = int(np.fromfile(idx_path, dtype="<i8", count=1, offset=HEADER_SIZE + 4 * s + 8 * (s - 1))[0])
-        if last + int(lengths[-1]) * header.dtype.itemsize != tokens * header.dtype.itemsize:
-            fail(f"{idx_path}: sequence lengths and byte offsets disagree (corrupt index)")
-    return tokens, header.documents, header.sequences, header.dtype.name
-
-
-def merged_outputs(exp: Path, dataset: str) -> list[str] | None:
-    """Merged files listed by merge's done.json (paths relative to the merged tree), if it is there."""
-    path = state_dir(exp, dataset, "merge") / "done.json"
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        fail(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}")
-    outputs = doc.get("outputs") if isinstance(doc, dict) else None
-    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("path"), str)
-                                                for o in outputs):
-        fail(f"{path}: expected {{\"outputs\": [{{\"path\": ...}}, ...]}}")
-    return [o["path"] for o in outputs]
-
-
-def expected_prefix(merged_path: str) -> str:
-    stem = merged_path[: -len(".jsonl")] if merged_path.endswith(".jsonl") else merged_path
-    return stem + DOCUMENT_SUFFIX
-
-
-def count_task(config: TaskConfig, exp: Path, tokenizer_name: str, progress_bar=None) -> list[FileTokens]:
-    """Every tokenized file of the task with exact tokens, documents and dtype, sorted by prefix."""
-    found: dict[str, Path] = {}
-    relative: dict[str, str] = {}
-    for dataset in config.datasets:
-        root = tokenized_dir(exp, dataset, tokenizer_name)
-        done = state_dir(exp, dataset, f"tokenize-{tokenizer_name}") / "done.json"
-        if not done.is_file():
-            fail(f"{done}: tokenize-{tokenizer_name} of {dataset} is not complete; run `make tokenize "
-                 f"DATASET={dataset} TOKENIZER_NAME={tokenizer_name}` first")
-        if not root.is_dir():
-            fail(f"{root}: tokenized root of {dataset} not found")
-        idx, bins = _scan(root)
-        for rel in sorted(bins - idx):
-            fail(f"{root / rel}.bin has no .idx beside it (tokenize incomplete?)")
-        for rel in sorted(idx - bins):
-            fail(f"{root / rel}.idx has no .bin beside it")
-        listed = merged_outputs(exp, dataset)
-        for merged in listed or []:
-            rel = expected_prefix(merged)
-            if rel not in idx:
-                fail(f"{root / rel}.idx missing: merged output {merged} (listed by "
-                     f"{state_dir(exp, dataset, 'merge') / 'done.json'}) has no tokenized index")
-        base = os.path.relpath(root, exp)
-        for rel in idx:
-            prefix = f"{base}/{rel}".replace(os.sep, "/")
-            found[prefix] = root / f"{rel}.idx"
-            relative[prefix] = rel.replace(os.sep, "/")
-    if not found:
-        fail(f"no .idx files under the tokenized roots of task {config.task}")
-    sources = classify(config, relative)
-    rows = []
-    for prefix in sorted(found):
-        idx_path = found[prefix]
-        tokens, documents, sequences, dtype = index_counts(idx_path)
-        bin_path = data_path(str(idx_path)[:-4])
-        expected = tokens * np.dtype(dtype).itemsize
-        if bin_path.stat().st_size != expected:
-            fail(f"{bin_path}: {bin_path.stat().st_size} bytes, but its index says {tokens} {dtype} tokens "
-                 f"= {expected} bytes (truncated or mismatched)")
-        rows.append(FileTokens(prefix, sources[prefix], tokens, documents, sequences, dtype))
-        if progress_bar is not None:
-            progress_bar.update(1)
-    return rows
-
-
-def render_table(rows: list[FileTokens]) -> str:
-    lines = ["prefix\tsource\ttokens\tdocuments\tsequences\tdtype"]
-    lines += [f"{r.prefix}\t{r.source}\t{r.tokens}\t{r.documents}\t{r.sequences}\t{r.dtype}" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
 # mix: weights per file for a size
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -521,7 +409,7 @@ def resolve(config: TaskConfig, size_name: str, all_lists: dict[str, Path],
 
 
 # ---------------------------------------------------------------------------------------------
-# Iterations and the report
+# Iterations and the list
 # ---------------------------------------------------------------------------------------------
 def iterations(total_tokens: int, seq_length: int, global_batch_size: int) -> int:
     """Training iterations that draw the mixture once: ceil(total / (seq_length x global_batch))."""
@@ -534,129 +422,6 @@ def list_iterations(list_path: str | os.PathLike, seq_length: int, global_batch_
     """(total tokens, iterations) of a written mixture list: what the training step uses."""
     total = sum(e.weight for e in read_list(list_path))
     return total, iterations(total, seq_length, global_batch_size)
-
-
-def shown_path(path: str | os.PathLike) -> str:
-    """A path for reports: relative to the repository when inside it, else as given."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(REPO_DIR))
-    except ValueError:
-        return str(path)
-
-
-def _label(mix: Mixture, row: SourceRow) -> str:
-    return row.source if row.task == mix.task else f"{row.task}:{row.source}"
-
-
-def report_rows(mix: Mixture) -> list[dict]:
-    total = mix.total
-    out = []
-    for row in mix.rows.values():
-        out.append({
-            "task": row.task, "source": row.source, "label": _label(mix, row), "files": row.files,
-            "tokens_available": row.available, "tokens_used": row.used,
-            "source_pct": float(row.repetitions * 100),
-            "mix_pct": float(Fraction(row.used, total) * 100) if total else 0.0,
-            "target_mix_pct": None if row.target_share is None else float(row.target_share * 100),
-            "repetitions": float(row.repetitions),
-        })
-    return out
-
-
-def describe_kind(mix: Mixture, config: TaskConfig) -> str:
-    size = config.sizes[mix.size]
-    if mix.kind == "ratio":
-        ratios = ", ".join(f"{s} {float(size.ratios.get(s, size.default_ratio)):g}" for s in config.sources)
-        return f"ratio (weight = ceil(tokens x ratio) per file): {ratios}"
-    if mix.kind == "share":
-        return f"share (OLMo 2 style: target {size.total:,} tokens split by mix %, ratios derived)"
-    return f"union of {', '.join(mix.parts)} (weights summed per file)"
-
-
-def render_report(mix: Mixture, config: TaskConfig, seq_length: int, global_batch_size: int,
-                  param: str, list_name: str, chart_name: str) -> str:
-    total = mix.total
-    iters = iterations(total, seq_length, global_batch_size)
-    entries = mix.entries()
-    lines = [
-        f"# Mixture {mix.task} / {mix.size}",
-        "",
-        f"- kind: {describe_kind(mix, config)}",
-        f"- list: `{list_name}` ({len(entries)} files; files with weight 0 left out)",
-        "- from: " + ", ".join(f"`{shown_path(path)}`" for path in mix.lists.values()),
-        f"- total: **{total:,} tokens**",
-        f"- iterations: **{iters:,}** = ceil({total:,} / ({seq_length:,} x {global_batch_size:,})) "
-        f"(seq_length x global_batch_size from {param})",
-        "",
-        "| source | files | tokens available | source % | tokens used | mix % | target mix % | repetitions |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    available = 0
-    for r in report_rows(mix):
-        available += r["tokens_available"]
-        target = "-" if r["target_mix_pct"] is None else f"{r['target_mix_pct']:.2f}"
-        lines.append(f"| {r['label']} | {r['files']} | {r['tokens_available']:,} | {r['source_pct']:.2f} | "
-                     f"{r['tokens_used']:,} | {r['mix_pct']:.2f} | {target} | {r['repetitions']:.3f}x |")
-    src_pct = f"{total / available * 100:.2f}" if available else "-"
-    lines.append(f"| **total** | {sum(r.files for r in mix.rows.values())} | {available:,} | {src_pct} | "
-                 f"{total:,} | 100.00 | | |")
-    lines += ["", "source % = tokens used / tokens available; mix % = share of the mixture; target mix % = "
-              + ("the share size's normalised shares." if mix.kind == "share" else
-                 f"the shares of {config.sizes[mix.size].compare} for comparison."
-                 if config.sizes[mix.size].compare else "none (no target for this size)."),
-              "", f"![mix]({chart_name})", ""]
-    return "\n".join(lines)
-
-
-def render_chart(mix: Mixture, seq_length: int, global_batch_size: int) -> bytes:
-    """A horizontal bar chart of the mix % per source (target % as markers); returns PNG bytes."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report_rows(mix)
-    labels = [r["label"] for r in rows][::-1]
-    mix_pct = [r["mix_pct"] for r in rows][::-1]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.6), dpi=100)
-    bars = ax.barh(labels, mix_pct, color="#4C72B0", label="mix %")
-    targets = [(i, r["target_mix_pct"]) for i, r in enumerate(rows[::-1]) if r["target_mix_pct"] is not None]
-    if targets:
-        ax.scatter([t for _, t in targets], [i for i, _ in targets], marker="|", s=400, color="#C44E52",
-                   zorder=3, label="target mix %")
-    for bar, r in zip(bars, rows[::-1]):
-        used = f"{r['tokens_used'] / 1e9:.3g}B" if r["tokens_used"] >= 1e8 else f"{r['tokens_used']:,}"
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f"  {r['mix_pct']:.2f}%, {used} tokens, {r['repetitions']:.2f}x", va="center", fontsize=8)
-    total = mix.total
-    ax.set_xlabel("share of the mixture (%)")
-    ax.set_xlim(0, max(mix_pct + [t for _, t in targets] + [1]) * 1.5)
-    iters = iterations(total, seq_length, global_batch_size)
-    ax.set_title(f"{mix.task} / {mix.size}: {total:,} tokens, {iters:,} iteration{'s' * (iters != 1)} "
-                 f"(seq {seq_length:,} x batch {global_batch_size:,})", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def summary(mix: Mixture, seq_length: int, global_batch_size: int, param: str) -> dict:
-    """Machine-readable record of the mix (deterministic: no times, so re-runs are identical)."""
-    from pipeline.provenance import sha256_file
-    total = mix.total
-    return {
-        "task": mix.task, "size": mix.size, "kind": mix.kind, "parts": mix.parts,
-        "all_lists": {task: {"path": shown_path(path), "sha256": sha256_file(path)}
-                      for task, path in mix.lists.items()},
-        "total_tokens": total, "files": len(mix.entries()),
-        "param": param, "seq_length": seq_length, "global_batch_size": global_batch_size,
-        "iterations": iterations(total, seq_length, global_batch_size),
-        "sources": report_rows(mix),
-    }
 
 
 def render_mix_list(mix: Mixture) -> str:

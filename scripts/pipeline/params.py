@@ -6,18 +6,24 @@ Two keys are part of the contract every step relies on and stay at the top level
 `load_params(name)` gives the raw strict `Section` (what count/mix/report read);
 `load_train_params(name)` validates the whole file into `TrainParams` (what the training steps use):
 unknown keys, missing keys, wrong types and inconsistent values fail naming the file and the key.
+
+Each key is declared once, as a field of the dataclass of its section: `key(reader, default)` says
+how it is read and checked, and whether it may be left out. The allowed and required keys, the
+reading and the checks all follow from those fields (`read_section`); checks that involve several
+keys are the `check` method of their section.
 A params file describes a model and how to train it; nothing in it is a site path (the tokenizer
 model is a path inside the training environment, or TOKENIZER_MODEL).
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Callable
 
 from pipeline.config import Section, load_yaml
 from pipeline.errors import fail
+from pipeline.mixture import iterations
 from pipeline.paths import PARAMS_DIR
 
 SCHEDULES = ("constant", "linear_to_zero")
@@ -29,7 +35,6 @@ TRANSFORMER_IMPLS = ("transformer_engine", "local")
 ATTENTION_BACKENDS = ("flash", "fused", "unfused", "auto")
 CKPT_FORMATS = ("torch_dist",)          # the midtraining start (make init) rewrites torch_dist checkpoints
 DATA_ARGS = ("inline", "file")          # --data-path w p ... | --data-args-path <file> (newer Megatron only)
-NOT_PARAMS = ("environment",)           # other YAML files living in params/
 
 
 def params_path(name: str) -> Path:
@@ -45,7 +50,7 @@ def param_name(param: str) -> str:
 
 
 def known_params() -> list[str]:
-    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml") if p.stem not in NOT_PARAMS)
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))  # environment.toml is not a params file
 
 
 def load_params(name: str) -> Section:
@@ -55,71 +60,157 @@ def load_params(name: str) -> Section:
     return Section(load_yaml(path), path)
 
 
-def tokens_per_iteration(params: Section) -> int:
+def train_iterations(total_tokens: int, params: Section) -> int:
+    """Iterations that draw `total_tokens` once with these params (pipeline.mixture.iterations)."""
     seq = params.get("seq_length", int)
     batch = params.get("global_batch_size", int)
     if seq <= 0 or batch <= 0:
         fail(f"{params.path}: seq_length and global_batch_size must be positive")
-    return seq * batch
-
-
-def train_iterations(total_tokens: int, params: Section) -> int:
-    """Iterations that draw `total_tokens` once: ceil(tokens / (seq_length x global_batch_size))."""
-    return math.ceil(total_tokens / tokens_per_iteration(params))
+    return iterations(total_tokens, seq, batch)
 
 
 # ---------------------------------------------------------------------------------------------
-# The full, validated training description
+# How a key is read: a reader (section, key, default) -> checked value; default ... = required
+# ---------------------------------------------------------------------------------------------
+Reader = Callable[[Section, str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Key:
+    read: Reader
+    default: Any = ...
+
+
+def key(read: Reader, default: Any = ...) -> Any:
+    """The dataclass field of the params key of the same name (`default`: the key may be left out)."""
+    return field(metadata={"params": Key(read, default)})
+
+
+def read_section(cls: type, section: Section, **given: Any) -> Any:
+    """An instance of `cls` from `section`, every `key()` field read and checked; `given` fills the
+    fields that are not keys. Unknown and missing keys fail first, naming file and key."""
+    keys = {f.name: f.metadata["params"] for f in fields(cls) if "params" in f.metadata}
+    section.check_keys(required={name for name, k in keys.items() if k.default is ...},
+                       optional={name for name, k in keys.items() if k.default is not ...})
+    value = cls(**given, **{name: k.read(section, name, k.default) for name, k in keys.items()})
+    if hasattr(value, "check"):
+        value.check(section)
+    return value
+
+
+def positive(section: Section, key: str, default: Any = ...) -> int:
+    value = section.get(key, int, default)
+    if value is not None and value <= 0:
+        fail(f"{section.where(key)}: must be a positive integer, got {value}")
+    return value
+
+
+def non_negative(section: Section, key: str, default: Any = ...) -> float:
+    value = section.get(key, (int, float), default)
+    if value < 0:
+        fail(f"{section.where(key)}: must be >= 0, got {value}")
+    return float(value)
+
+
+def below_one(section: Section, key: str, default: Any = ...) -> float:
+    value = non_negative(section, key, default)
+    if not value < 1:
+        fail(f"{section.where(key)}: must be < 1")
+    return value
+
+
+def above_zero(section: Section, key: str, default: Any = ...) -> float:
+    value = float(section.get(key, (int, float), default))
+    if value <= 0:
+        fail(f"{section.where(key)}: must be > 0")
+    return value
+
+
+def of(kind: type) -> Reader:
+    return lambda section, key, default: section.get(key, kind, default)
+
+
+def choice(choices: tuple[str, ...]) -> Reader:
+    def read(section: Section, key: str, default: Any) -> str:
+        value = section.get(key, str, default)
+        if value not in choices:
+            fail(f"{section.where(key)}: {value!r} is not one of {', '.join(choices)}")
+        return value
+    return read
+
+
+def nested(cls: type) -> Reader:
+    return lambda section, key, default: read_section(cls, section.section(key))
+
+
+def one_line_strings(section: Section, key: str, default: Any) -> tuple[str, ...]:
+    items = section.get(key, list, default)
+    for n, item in enumerate(items):
+        if not isinstance(item, str) or not item or "\n" in item:
+            fail(f"{section.where(key)}[{n}]: expected a one-line string, got {item!r}")
+    return tuple(items)
+
+
+# ---------------------------------------------------------------------------------------------
+# The full, validated training description: one field per key
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Model:
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_query_groups: int
-    max_position_embeddings: int
-    rotary_base: int
-    normalization: str
-    norm_epsilon: float
-    activation: str
-    untie_embeddings_and_output_weights: bool
-    bias_linear: bool
-    init_method_std: float
-    attention_dropout: float
-    hidden_dropout: float
+    num_layers: int = key(positive)
+    hidden_size: int = key(positive)
+    ffn_hidden_size: int = key(positive)
+    num_attention_heads: int = key(positive)
+    num_query_groups: int = key(positive)
+    max_position_embeddings: int = key(positive)
+    rotary_base: int = key(positive)
+    normalization: str = key(choice(NORMALIZATIONS))
+    norm_epsilon: float = key(above_zero)
+    activation: str = key(choice(ACTIVATIONS))
+    untie_embeddings_and_output_weights: bool = key(of(bool))
+    bias_linear: bool = key(of(bool))
+    init_method_std: float = key(non_negative, 0.02)
+    attention_dropout: float = key(non_negative, 0.0)
+    hidden_dropout: float = key(non_negative, 0.0)
+
+    def check(self, s: Section) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            fail(f"{s.where('num_attention_heads')}: hidden_size {self.hidden_size} is not divisible by "
+                 f"{self.num_attention_heads} heads")
+        if self.num_attention_heads % self.num_query_groups:
+            fail(f"{s.where('num_query_groups')}: {self.num_attention_heads} heads are not divisible into "
+                 f"{self.num_query_groups} query groups")
 
 
 @dataclass(frozen=True)
 class Tokenizer:
-    type: str
-    model: str        # absolute, or relative to the environment's llm-jp-tokenizer checkout
+    type: str = key(of(str))
+    model: str = key(of(str))        # absolute, or relative to the environment's llm-jp-tokenizer checkout
 
 
 @dataclass(frozen=True)
 class Optimizer:
-    adam_beta1: float
-    adam_beta2: float
-    adam_eps: float
-    clip_grad: float
-    weight_decay: float
+    adam_beta1: float = key(below_one)
+    adam_beta2: float = key(below_one)
+    adam_eps: float = key(non_negative)
+    clip_grad: float = key(non_negative)
+    weight_decay: float = key(non_negative)
 
 
 @dataclass(frozen=True)
 class Schedule:
-    style: str        # constant | linear_to_zero
-    lr: float
+    style: str = key(choice(SCHEDULES))
+    lr: float = key(above_zero)
 
 
 @dataclass(frozen=True)
 class Parallel:
-    micro_batch_size: int
-    tensor: int
-    pipeline: int
-    context: int
-    sequence_parallel: bool
-    distributed_optimizer: bool
-    distributed_timeout_minutes: int
+    micro_batch_size: int = key(positive)
+    tensor: int = key(positive)
+    pipeline: int = key(positive)
+    context: int = key(positive)
+    sequence_parallel: bool = key(of(bool), False)
+    distributed_optimizer: bool = key(of(bool), False)
+    distributed_timeout_minutes: int = key(positive, 10)
 
     @property
     def model_parallel(self) -> int:
@@ -128,31 +219,43 @@ class Parallel:
 
 @dataclass(frozen=True)
 class Implementation:
-    precision: str
-    transformer_impl: str
-    attention_backend: str           # flash | fused | unfused | auto (how the job asks for it: megatron_features)
-    fusions: bool                    # False: every optional fused kernel off (a GPU without TransformerEngine/apex)
-    attention_softmax_in_fp32: bool
-    masked_softmax_fusion: bool
-    use_mcore_models: bool
+    precision: str = key(choice(PRECISIONS))
+    transformer_impl: str = key(choice(TRANSFORMER_IMPLS))
+    # how the job asks for it: pipeline.megatron_features
+    attention_backend: str = key(choice(ATTENTION_BACKENDS), "auto")
+    # False: every optional fused kernel off (a GPU without TransformerEngine/apex)
+    fusions: bool = key(of(bool), True)
+    attention_softmax_in_fp32: bool = key(of(bool), False)
+    masked_softmax_fusion: bool = key(of(bool), True)
+    use_mcore_models: bool = key(of(bool), False)
+
+    def check(self, s: Section) -> None:
+        if self.transformer_impl == "local" and self.attention_backend != "auto":
+            fail(f"{s.where('attention_backend')}: {self.attention_backend!r} selects a TransformerEngine "
+                 f"kernel; transformer_impl local runs Megatron's own attention (use auto)")
 
 
 @dataclass(frozen=True)
 class Checkpointing:
-    save_interval: int
-    format: str
+    save_interval: int = key(positive)
+    format: str = key(choice(CKPT_FORMATS), "torch_dist")
 
 
 @dataclass(frozen=True)
 class Logging:
-    log_interval: int
-    log_throughput: bool
+    log_interval: int = key(positive, 1)
+    log_throughput: bool = key(of(bool), False)
 
 
 @dataclass(frozen=True)
 class Data:
-    args: str         # inline | file
-    split: str
+    args: str = key(choice(DATA_ARGS), "inline")
+    split: str = key(of(str), "1,0,0")
+
+    def check(self, s: Section) -> None:
+        parts = self.split.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) == 0:
+            fail(f"{s.where('split')}: expected 'train,valid,test' whole numbers with train > 0, got {self.split!r}")
 
 
 @dataclass(frozen=True)
@@ -169,31 +272,63 @@ class Start:
     run: PreviousRun | None          # run: the earlier stage (same seed) whose final checkpoint starts this one
 
 
+def read_start(top: Section, name: str, default: Any) -> Start:
+    """`start`, read by hand: which keys it takes depends on its `from`."""
+    s = top.section(name)
+    kind = choice(START_KINDS)(s, "from", ...)
+    if kind == "pretrained":
+        s.check_keys(required={"from"}, optional={"iteration"})
+        iteration = s.get("iteration", (int, type(None)), None)
+        if iteration is not None and iteration <= 0:
+            fail(f"{s.where('iteration')}: must be a positive iteration (or null: the checkpoint's tracker)")
+        return Start(kind, iteration, None)
+    s.check_keys(required={"from", "run"})
+    run = s.section("run")
+    run.check_keys(required={"task", "param", "size"})
+    return Start(kind, None, PreviousRun(run.get("task", str), run.get("param", str), str(run.get("size", (str, int)))))
+
+
 @dataclass(frozen=True)
 class TrainParams:
     name: str
     path: Path
-    description: str
-    seq_length: int
-    global_batch_size: int
-    model: Model
-    tokenizer: Tokenizer
-    optimizer: Optimizer
-    schedule: Schedule
-    parallel: Parallel
-    implementation: Implementation
-    checkpoint: Checkpointing
-    logging: Logging
-    data: Data
-    start: Start
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
+    description: str = key(of(str), "")
+    seq_length: int = key(positive)
+    global_batch_size: int = key(positive)
+    model: Model = key(nested(Model))
+    tokenizer: Tokenizer = key(nested(Tokenizer))
+    optimizer: Optimizer = key(nested(Optimizer))
+    schedule: Schedule = key(nested(Schedule))
+    parallel: Parallel = key(nested(Parallel))
+    implementation: Implementation = key(nested(Implementation))
+    checkpoint: Checkpointing = key(nested(Checkpointing))
+    logging: Logging = key(nested(Logging))
+    data: Data = key(nested(Data))
+    start: Start = key(read_start)
+    extra_args: tuple[str, ...] = key(one_line_strings, [])
 
     @property
     def tokens_per_iteration(self) -> int:
         return self.seq_length * self.global_batch_size
 
     def iterations(self, total_tokens: int) -> int:
-        return math.ceil(total_tokens / self.tokens_per_iteration)
+        return iterations(total_tokens, self.seq_length, self.global_batch_size)
+
+    def check(self, top: Section) -> None:
+        """What ties the sections together."""
+        model, par = self.model, self.parallel
+        if self.seq_length > model.max_position_embeddings:
+            fail(f"{top.where('seq_length')}: {self.seq_length} exceeds model.max_position_embeddings "
+                 f"{model.max_position_embeddings}")
+        if self.global_batch_size % par.micro_batch_size:
+            fail(f"{top.where('global_batch_size')}: {self.global_batch_size} is not a multiple of "
+                 f"parallel.micro_batch_size {par.micro_batch_size}")
+        where = top.section("parallel")
+        if model.num_layers % par.pipeline:
+            fail(f"{where.where('pipeline')}: {model.num_layers} layers do not split into {par.pipeline} stages")
+        if model.num_attention_heads % par.tensor or model.num_query_groups % par.tensor:
+            fail(f"{where.where('tensor')}: heads ({model.num_attention_heads}) and query groups "
+                 f"({model.num_query_groups}) must divide by tensor parallel {par.tensor}")
 
     def check_world_size(self, world_size: int, where: str) -> int:
         """The data-parallel size for `world_size` GPUs; fails when the batch cannot be split."""
@@ -208,157 +343,8 @@ class TrainParams:
         return dp
 
 
-def _positive_int(section: Section, key: str, default=...) -> int:
-    value = section.get(key, int, default)
-    if value is not None and value <= 0:
-        fail(f"{section.where(key)}: must be a positive integer, got {value}")
-    return value
-
-
-def _non_negative(section: Section, key: str, default=...) -> float:
-    value = section.get(key, (int, float), default)
-    if value < 0:
-        fail(f"{section.where(key)}: must be >= 0, got {value}")
-    return float(value)
-
-
-def _choice(section: Section, key: str, choices: tuple[str, ...], default=...) -> str:
-    value = section.get(key, str, default)
-    if value not in choices:
-        fail(f"{section.where(key)}: {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
-def _model(s: Section) -> Model:
-    s.check_keys(required={"num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-                           "num_query_groups", "max_position_embeddings", "rotary_base", "normalization",
-                           "norm_epsilon", "activation", "untie_embeddings_and_output_weights", "bias_linear"},
-                 optional={"init_method_std", "attention_dropout", "hidden_dropout"})
-    model = Model(
-        num_layers=_positive_int(s, "num_layers"), hidden_size=_positive_int(s, "hidden_size"),
-        ffn_hidden_size=_positive_int(s, "ffn_hidden_size"),
-        num_attention_heads=_positive_int(s, "num_attention_heads"),
-        num_query_groups=_positive_int(s, "num_query_groups"),
-        max_position_embeddings=_positive_int(s, "max_position_embeddings"),
-        rotary_base=_positive_int(s, "rotary_base"),
-        normalization=_choice(s, "normalization", NORMALIZATIONS),
-        norm_epsilon=float(s.get("norm_epsilon", (int, float))),
-        activation=_choice(s, "activation", ACTIVATIONS),
-        untie_embeddings_and_output_weights=s.get("untie_embeddings_and_output_weights", bool),
-        bias_linear=s.get("bias_linear", bool),
-        init_method_std=_non_negative(s, "init_method_std", 0.02),
-        attention_dropout=_non_negative(s, "attention_dropout", 0.0),
-        hidden_dropout=_non_negative(s, "hidden_dropout", 0.0),
-    )
-    if model.norm_epsilon <= 0:
-        fail(f"{s.where('norm_epsilon')}: must be > 0")
-    if model.hidden_size % model.num_attention_heads:
-        fail(f"{s.where('num_attention_heads')}: hidden_size {model.hidden_size} is not divisible by "
-             f"{model.num_attention_heads} heads")
-    if model.num_attention_heads % model.num_query_groups:
-        fail(f"{s.where('num_query_groups')}: {model.num_attention_heads} heads are not divisible into "
-             f"{model.num_query_groups} query groups")
-    return model
-
-
-def _start(s: Section) -> Start:
-    kind = _choice(s, "from", START_KINDS)
-    if kind == "pretrained":
-        s.check_keys(required={"from"}, optional={"iteration"})
-        iteration = s.get("iteration", (int, type(None)), None)
-        if iteration is not None and iteration <= 0:
-            fail(f"{s.where('iteration')}: must be a positive iteration (or null: the checkpoint's tracker)")
-        return Start(kind, iteration, None)
-    s.check_keys(required={"from", "run"})
-    run = s.section("run")
-    run.check_keys(required={"task", "param", "size"})
-    return Start(kind, None, PreviousRun(run.get("task", str), run.get("param", str), str(run.get("size", (str, int)))))
-
-
 def parse_train_params(name: str, path: Path, doc: object) -> TrainParams:
-    top = Section(doc, path)
-    top.check_keys(required={"seq_length", "global_batch_size", "model", "tokenizer", "optimizer", "schedule",
-                             "parallel", "implementation", "checkpoint", "logging", "data", "start"},
-                   optional={"description", "extra_args"})
-    seq = _positive_int(top, "seq_length")
-    batch = _positive_int(top, "global_batch_size")
-    model = _model(top.section("model"))
-    if seq > model.max_position_embeddings:
-        fail(f"{top.where('seq_length')}: {seq} exceeds model.max_position_embeddings {model.max_position_embeddings}")
-
-    tok = top.section("tokenizer")
-    tok.check_keys(required={"type", "model"})
-    tokenizer = Tokenizer(tok.get("type", str), tok.get("model", str))
-
-    opt = top.section("optimizer")
-    opt.check_keys(required={"adam_beta1", "adam_beta2", "adam_eps", "clip_grad", "weight_decay"})
-    optimizer = Optimizer(*(_non_negative(opt, k) for k in ("adam_beta1", "adam_beta2", "adam_eps", "clip_grad",
-                                                             "weight_decay")))
-    for key in ("adam_beta1", "adam_beta2"):
-        if not getattr(optimizer, key) < 1:
-            fail(f"{opt.where(key)}: must be < 1")
-
-    sch = top.section("schedule")
-    sch.check_keys(required={"style", "lr"})
-    schedule = Schedule(_choice(sch, "style", SCHEDULES), float(sch.get("lr", (int, float))))
-    if schedule.lr <= 0:
-        fail(f"{sch.where('lr')}: must be > 0")
-
-    par = top.section("parallel")
-    par.check_keys(required={"micro_batch_size", "tensor", "pipeline", "context"},
-                   optional={"sequence_parallel", "distributed_optimizer", "distributed_timeout_minutes"})
-    parallel = Parallel(_positive_int(par, "micro_batch_size"), _positive_int(par, "tensor"),
-                        _positive_int(par, "pipeline"), _positive_int(par, "context"),
-                        par.get("sequence_parallel", bool, False), par.get("distributed_optimizer", bool, False),
-                        _positive_int(par, "distributed_timeout_minutes", 10))
-    if batch % parallel.micro_batch_size:
-        fail(f"{top.where('global_batch_size')}: {batch} is not a multiple of parallel.micro_batch_size "
-             f"{parallel.micro_batch_size}")
-    if model.num_layers % parallel.pipeline:
-        fail(f"{par.where('pipeline')}: {model.num_layers} layers do not split into {parallel.pipeline} stages")
-    if model.num_attention_heads % parallel.tensor or model.num_query_groups % parallel.tensor:
-        fail(f"{par.where('tensor')}: heads ({model.num_attention_heads}) and query groups "
-             f"({model.num_query_groups}) must divide by tensor parallel {parallel.tensor}")
-
-    imp = top.section("implementation")
-    imp.check_keys(required={"precision", "transformer_impl"},
-                   optional={"attention_backend", "fusions", "attention_softmax_in_fp32", "masked_softmax_fusion",
-                             "use_mcore_models"})
-    implementation = Implementation(_choice(imp, "precision", PRECISIONS),
-                                    _choice(imp, "transformer_impl", TRANSFORMER_IMPLS),
-                                    _choice(imp, "attention_backend", ATTENTION_BACKENDS, "auto"),
-                                    imp.get("fusions", bool, True),
-                                    imp.get("attention_softmax_in_fp32", bool, False),
-                                    imp.get("masked_softmax_fusion", bool, True),
-                                    imp.get("use_mcore_models", bool, False))
-    if implementation.transformer_impl == "local" and implementation.attention_backend != "auto":
-        fail(f"{imp.where('attention_backend')}: {implementation.attention_backend!r} selects a TransformerEngine "
-             f"kernel; transformer_impl local runs Megatron's own attention (use auto)")
-
-    ck = top.section("checkpoint")
-    ck.check_keys(required={"save_interval"}, optional={"format"})
-    checkpoint = Checkpointing(_positive_int(ck, "save_interval"), _choice(ck, "format", CKPT_FORMATS, "torch_dist"))
-
-    lg = top.section("logging")
-    lg.check_keys(optional={"log_interval", "log_throughput"})
-    logging = Logging(_positive_int(lg, "log_interval", 1), lg.get("log_throughput", bool, False))
-
-    da = top.section("data")
-    da.check_keys(optional={"args", "split"})
-    data = Data(_choice(da, "args", DATA_ARGS, "inline"), da.get("split", str, "1,0,0"))
-    parts = data.split.split(",")
-    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts) or int(parts[0]) == 0:
-        fail(f"{da.where('split')}: expected 'train,valid,test' whole numbers with train > 0, got {data.split!r}")
-
-    start = _start(top.section("start"))
-    extra = top.get("extra_args", list, [])
-    for n, item in enumerate(extra):
-        if not isinstance(item, str) or not item or "\n" in item:
-            fail(f"{top.where('extra_args')}[{n}]: expected a one-line string, got {item!r}")
-    return TrainParams(name=name, path=path, description=top.get("description", str, ""), seq_length=seq,
-                       global_batch_size=batch, model=model, tokenizer=tokenizer, optimizer=optimizer,
-                       schedule=schedule, parallel=parallel, implementation=implementation,
-                       checkpoint=checkpoint, logging=logging, data=data, start=start, extra_args=tuple(extra))
+    return read_section(TrainParams, Section(doc, path), name=name, path=path)
 
 
 def load_train_params(name: str) -> TrainParams:

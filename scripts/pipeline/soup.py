@@ -24,7 +24,6 @@ import math
 import os
 import re
 import shutil
-import struct
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import yaml
 
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
+from pipeline.hf_folder import INDEX_FILE, TensorInfo, read_safetensors_header, weight_files
 from pipeline.llama_arch import architecture_differences
 from pipeline.progress import progress
 from pipeline.provenance import provenance, sha256_file
@@ -55,10 +55,6 @@ COPIED_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "t
                           "added_tokens.json", "merges.txt", "chat_template.jinja", "chat_template.json")
 # compared between ingredients (they must agree, whichever one mergekit takes the tokenizer from)
 TOKENIZER_FILES = COPIED_TOKENIZER_FILES + ("vocab.json",)
-# safetensors dtype codes -> torch dtype names
-ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-             "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -222,13 +218,6 @@ def write_soup_config(exp: Path, *, task: str, param: str, size: str, seeds: str
 # ---------------------------------------------------------------------------------------------
 # Checkpoints: config.json and safetensors headers, no tensor data
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TensorInfo:
-    file: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
 @dataclass
 class Checkpoint:
     path: Path
@@ -239,26 +228,6 @@ class Checkpoint:
     def fingerprint(self) -> dict:
         return {"path": str(self.path), "config_sha256": sha256_file(self.path / "config.json"),
                 "weight_files": self.weight_files}
-
-
-def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(8)
-            if len(raw) != 8:
-                fail(f"{path}: truncated safetensors file")
-            (length,) = struct.unpack("<Q", raw)
-            if length > 100 * 2**20:
-                fail(f"{path}: not a safetensors file (header length {length})")
-            header = json.loads(handle.read(length))
-    except (OSError, ValueError) as exc:
-        fail(f"{path}: cannot read the safetensors header: {exc}")
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        tensors[name] = TensorInfo(path.name, ST_DTYPES.get(info["dtype"], info["dtype"]), tuple(info["shape"]))
-    return tensors
 
 
 def load_checkpoint(path: Path, role: str = "ingredient") -> Checkpoint:
@@ -272,23 +241,11 @@ def load_checkpoint(path: Path, role: str = "ingredient") -> Checkpoint:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError as exc:
         fail(f"{config_file}: invalid JSON: {exc}")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (ValueError, KeyError) as exc:
-            fail(f"{index}: not a safetensors index: {exc}")
-        files = sorted(set(weight_map.values()))
-    elif (path / "model.safetensors").is_file():
-        weight_map, files = None, ["model.safetensors"]
-    else:
-        fail(f"{path}: {role} has no safetensors weights (model.safetensors or model.safetensors.index.json)")
+    weight_map, files = weight_files(path, role)
     tensors: dict[str, TensorInfo] = {}
     sizes = {}
     for name in files:
         file = path / name
-        if not file.is_file():
-            fail(f"{file}: {role}'s weight shard is missing (listed in {index.name})")
         sizes[name] = file.stat().st_size
         for tensor, info in read_safetensors_header(file).items():
             if weight_map is None or weight_map.get(tensor) == name:
@@ -296,7 +253,7 @@ def load_checkpoint(path: Path, role: str = "ingredient") -> Checkpoint:
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
-            fail(f"{index}: tensor {missing[0]} is not in {weight_map[missing[0]]}")
+            fail(f"{path / INDEX_FILE}: tensor {missing[0]} is not in {weight_map[missing[0]]}")
     return Checkpoint(path, config, tensors, sizes)
 
 

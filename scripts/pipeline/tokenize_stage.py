@@ -24,8 +24,9 @@ from pathlib import Path
 from pipeline import atomic
 from pipeline.atomic import write_json, write_text
 from pipeline.errors import fail
-from pipeline.indexed import count_tokens, data_path, index_path, read_header
+from pipeline.indexed import data_path, index_counts, index_path
 from pipeline.locks import output_lock
+from pipeline.merging import merged_outputs
 from pipeline.paths import merged_dir, state_dir, tokenized_dir
 from pipeline.sysinfo import usable_cores
 from pipeline.tokenization import (FORMAT, ON_BAD, TokenizerSpec, build_engine, output_prefix_for,
@@ -55,35 +56,11 @@ def read_json(path: Path) -> dict | None:
     return atomic.read_json(path, bad="fail")
 
 
-def merge_outputs(exp: Path, dataset: str) -> list[dict]:
-    """The merged files, from merge's sentinel (they may have been removed since: that is fine)."""
-    path = state_dir(exp, dataset, "merge") / "done.json"
-    done = read_json(path)
-    if done is None:
-        fail(f"{path}: merge has not completed for {dataset}: run make merge first")
-    outputs = done.get("outputs")
-    if not isinstance(outputs, list) or not outputs:
-        fail(f"{path}: no 'outputs' list (nothing merged?)")
-    seen = set()
-    for n, entry in enumerate(outputs):
-        ok = isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"] \
-            and isinstance(entry.get("bytes"), int) and isinstance(entry.get("mtime_ns"), int)
-        if not ok:
-            fail(f"{path}: outputs[{n}] must have a 'path' string and 'bytes' and 'mtime_ns' integers")
-        rel = Path(entry["path"])
-        if rel.is_absolute() or ".." in rel.parts:
-            fail(f"{path}: outputs[{n}].path {entry['path']!r} must be relative to the merged folder")
-        if entry["path"] in seen:
-            fail(f"{path}: {entry['path']} is listed twice")
-        seen.add(entry["path"])
-    return outputs
-
-
 def items(exp: Path, dataset: str, tokenizer_name: str) -> list[Item]:
     base, out, state = merged_dir(exp, dataset), tokenized_dir(exp, dataset, tokenizer_name), \
         state_dir(exp, dataset, stage(tokenizer_name))
     result = []
-    for entry in merge_outputs(exp, dataset):
+    for entry in merged_outputs(exp, dataset, required=True):
         rel = entry["path"]
         result.append(Item(rel, entry, base / rel, out / strip_input_suffix(rel), state / sentinel_name(rel)))
     return result
@@ -265,12 +242,11 @@ def _make_item(item: Item, wanted: dict, spec: TokenizerSpec, keys: tuple[str, .
         outputs = {}
         for key in keys:
             prefix = output_prefix_for(item.prefix, key)
-            header = read_header(index_path(prefix))
+            tokens, documents, sequences, dtype = index_counts(index_path(prefix))
             outputs[key] = {"prefix": str(prefix.relative_to(tokenized_dir(exp, dataset, name))),
                             "bin_bytes": data_path(prefix).stat().st_size,
                             "idx_bytes": index_path(prefix).stat().st_size,
-                            "documents": header.documents, "sequences": header.sequences,
-                            "tokens": count_tokens(index_path(prefix)), "dtype": header.dtype.name}
+                            "documents": documents, "sequences": sequences, "tokens": tokens, "dtype": dtype}
         write_json(item.sentinel, {"fingerprint": wanted, "outputs": outputs,
                                    "blank_lines": record["blank_lines"], "skipped_lines": record["skipped_lines"],
                                    "seconds": record["seconds"], "tokenizer_model": str(spec.model)})

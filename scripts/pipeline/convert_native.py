@@ -1,4 +1,6 @@
-"""Megatron GPT (Llama architecture) `torch_dist` checkpoint -> Hugging Face `LlamaForCausalLM`, on the CPU.
+"""`CONVERTER=native`: Megatron GPT (Llama architecture) `torch_dist` checkpoint -> Hugging Face
+`LlamaForCausalLM`, on the CPU; and the check of a converted folder (`check_hf_folder`, which the
+Megatron converter's output goes through too). The safetensors files themselves are pipeline.hf_folder's.
 
 No Megatron and no GPU: the tensors are read with PyTorch Distributed Checkpoint
 (`torch.distributed.checkpoint`, FileSystemReader, `no_dist=True`), the architecture comes from the
@@ -26,8 +28,8 @@ Memory: one stacked tensor is converted at a time, and of it one stored chunk (o
 layers of one tensor parallel rank, or the whole stack when the run had neither) is in memory at
 once, twice during its read (the reader's copy and ours). For a 7.7B model in bf16 that is at most
 the MLP input projection: 7.5 GB stored whole (PP=1), 3.8 GB per stage with PP=2. Hugging Face
-tensors are written layer by layer straight into the safetensors shards, whose layout is planned
-from the shapes before anything is read.
+tensors are written layer by layer straight into the safetensors shards (hf_folder's writer), whose
+layout is planned from the shapes before anything is read.
 """
 from __future__ import annotations
 
@@ -35,7 +37,6 @@ import json
 import math
 import os
 import shutil
-import struct
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -52,17 +53,14 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 
 from pipeline.atomic import write_json
 from pipeline.errors import PipelineError, fail
+from pipeline.hf_folder import (DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, RECORD_FILE, ShardedSafetensorsWriter,
+                                tokenizer_files, weight_files)
 from pipeline.megatron_ckpt import (COMMON_PT, LAYOUT_LEGACY, Checkpoint, check_complete, common_state_layout,
                                     load_common_state, resolve_checkpoint)
 from pipeline.progress import progress
 from pipeline.provenance import provenance
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-RECORD_FILE = "megatron_conversion.json"   # provenance of a native conversion, inside the output folder
-DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16"}
 CONFIG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
 # LLM-jp SentencePiece tokenizers (BOS 1, EOS 2): used when no tokenizer folder is given
 DEFAULT_BOS_ID, DEFAULT_EOS_ID = 1, 2
@@ -78,9 +76,6 @@ FC1_NORM = "decoder.layers.mlp.linear_fc1.layer_norm_weight"
 FC2 = "decoder.layers.mlp.linear_fc2.weight"
 LAYER_TENSORS = (QKV, QKV_NORM, PROJ, FC1, FC1_NORM, FC2)
 IGNORED_PREFIXES = ("optimizer.",)
-# files of a tokenizer folder that are not tokenizer files (a model folder given as --tokenizer)
-NOT_TOKENIZER_FILES = ("config.json", "generation_config.json", INDEX_FILE, RECORD_FILE)
-NOT_TOKENIZER_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,104 +386,6 @@ def iter_hf_tensors(reader: TorchDistReader, spec: LlamaSpec, vocab_size: int) -
 
 
 # ---------------------------------------------------------------------------------------------
-# Sharded safetensors, written as the tensors arrive (layout planned up front)
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class _Shard:
-    filename: str
-    names: list[str]
-    header: bytes
-
-
-def _safetensors_header(entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> bytes:
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape in entries:
-        size = math.prod(shape) * itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    return struct.pack("<Q", len(text)) + text
-
-
-def plan_shards(plan: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype, max_shard_bytes: int) -> list[_Shard]:
-    """Consecutive tensors of `plan` grouped into shards of at most max_shard_bytes (a bigger tensor alone)."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for name, shape in plan:
-        nbytes = math.prod(shape) * itemsize
-        if groups[-1] and size + nbytes > max_shard_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append((name, shape))
-        size += nbytes
-    count = len(groups)
-    return [_Shard(f"model-{i + 1:05d}-of-{count:05d}.safetensors", [n for n, _ in group],
-                   _safetensors_header(group, dtype)) for i, group in enumerate(groups)]
-
-
-class ShardedSafetensorsWriter:
-    """Writes the tensors of `plan`, in its order, into sharded safetensors files plus the index."""
-
-    def __init__(self, folder: Path, plan: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype,
-                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
-        self.folder, self.dtype = folder, dtype
-        self.shapes = dict(plan)
-        self.order = [name for name, _ in plan]
-        self.shards = plan_shards(plan, dtype, max_shard_bytes)
-        self.total_bytes = sum(math.prod(s) for s in self.shapes.values()) * torch.empty((), dtype=dtype).element_size()
-        self._next = 0          # index into self.order
-        self._shard = -1
-        self._left: list[str] = []
-        self._handle = None
-
-    def write(self, name: str, tensor: torch.Tensor) -> int:
-        if self._next >= len(self.order) or name != self.order[self._next]:
-            expected = self.order[self._next] if self._next < len(self.order) else "nothing more"
-            raise RuntimeError(f"writer expected {expected}, got {name}")  # a converter bug, not a user error
-        if tuple(tensor.shape) != self.shapes[name]:
-            raise RuntimeError(f"{name}: shape {tuple(tensor.shape)}, planned {self.shapes[name]}")
-        if not self._left:
-            self._open_next()
-        data = tensor.detach().to(self.dtype).contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._handle.write(memoryview(data))
-        self._left.pop(0)
-        self._next += 1
-        if not self._left:
-            self._close()
-        return data.nbytes
-
-    def _open_next(self) -> None:
-        self._shard += 1
-        shard = self.shards[self._shard]
-        self._handle = open(self.folder / shard.filename, "wb")
-        self._handle.write(shard.header)
-        self._left = list(shard.names)
-
-    def _close(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
-        self._handle = None
-
-    def finish(self) -> dict:
-        if self._next != len(self.order):
-            raise RuntimeError(f"writer got {self._next} of {len(self.order)} tensors")
-        weight_map = {name: shard.filename for shard in self.shards for name in shard.names}
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-        write_json(self.folder / INDEX_FILE, index)
-        return index
-
-    def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-# ---------------------------------------------------------------------------------------------
 # config.json, generation_config.json, tokenizer files
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -512,12 +409,6 @@ def read_tokenizer(folder: str | os.PathLike) -> TokenizerInfo:
         fail(f"{folder}: cannot load a Hugging Face tokenizer from it: {exc}")
     return TokenizerInfo(folder, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
                          tokenizer.pad_token_id)
-
-
-def tokenizer_files(folder: Path) -> list[Path]:
-    """The files of a tokenizer folder to copy beside the model (not weights or model configs)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.name not in NOT_TOKENIZER_FILES and not p.name.endswith(NOT_TOKENIZER_SUFFIXES))
 
 
 def llama_config(spec: LlamaSpec, vocab_size: int, dtype: torch.dtype, tokenizer: TokenizerInfo) -> dict:
@@ -747,20 +638,11 @@ def check_hf_folder(folder: str | os.PathLike, *, load_config: bool = True,
         expected = hf_expected_shapes(config)
     except KeyError as exc:
         fail(f"{config_path}: missing key {exc}")
-    index_path = folder / INDEX_FILE
-    if index_path.is_file():
-        weight_map = json.loads(index_path.read_text()).get("weight_map", {})
-        files = sorted(set(weight_map.values()))
-    elif (folder / SINGLE_FILE).is_file():
-        weight_map, files = None, [SINGLE_FILE]
-    else:
-        fail(f"{folder}: no {INDEX_FILE} and no {SINGLE_FILE}")
+    weight_map, files = weight_files(folder, "model folder")
     seen: dict[str, str] = {}
     total = 0
     for filename in files:
         path = folder / filename
-        if not path.is_file():
-            fail(f"{path}: listed in {INDEX_FILE} but missing")
         try:
             with safe_open(str(path), framework="pt") as handle:
                 for name in handle.keys():
@@ -788,7 +670,7 @@ def check_hf_folder(folder: str | os.PathLike, *, load_config: bool = True,
     if unexpected:
         fail(f"{folder}: tensors a LlamaForCausalLM does not have: {', '.join(unexpected[:10])}")
     if weight_map is not None and set(weight_map) != set(seen):
-        fail(f"{index_path}: lists tensors the shards do not hold: {sorted(set(weight_map) - set(seen))[:10]}")
+        fail(f"{folder / INDEX_FILE}: lists tensors the shards do not hold: {sorted(set(weight_map) - set(seen))[:10]}")
     log(f"{folder}: config and {len(files)} shard(s) load; {len(seen)} tensors, {total / 1e9:.2f} GB")
     return CheckResult(folder, len(files), len(seen), total, int(config["vocab_size"]))
 
