@@ -21,6 +21,9 @@ DEPEND ?=
 PBS_GROUP ?=
 PBS_QUEUE ?=
 PBS_RTYPE ?=
+SLURM_ACCOUNT ?=
+SLURM_PARTITION ?=
+SLURM_GPUS_PER_NODE ?=
 WALLTIME ?=
 NODES ?= 1
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
@@ -63,7 +66,7 @@ $(call renamed_knob,MERGE_DIR,SOUP_CONFIG_DIR=<folder of the soup configs>)
 $(call renamed_knob,NAME,SOUP_NAME=<soup name>)
 $(call renamed_knob,CUDA,SOUP_CUDA=1)
 
-SCHEDULERS := local pbs
+SCHEDULERS := local pbs slurm
 $(if $(filter $(SCHEDULER),$(SCHEDULERS)),,$(error SCHEDULER must be one of: $(SCHEDULERS) (got '$(SCHEDULER)')))
 $(call require_int,NODES)$(if $(filter 0,$(NODES)),$(error NODES must be at least 1))
 $(call require_int,SEED)
@@ -90,7 +93,8 @@ export PIPELINE_PYTHON
 # (pipeline/scheduler.py); SCHEDULER_FLAGS are what scripts/train.py and convert.py pass on to it.
 SCHEDULER_FLAGS = --scheduler $(SCHEDULER) --exp-dir $(call q,$(EXP_DIR)) \
 	--group $(call q,$(PBS_GROUP)) --queue $(call q,$(PBS_QUEUE)) --rtype $(call q,$(PBS_RTYPE)) \
-	--depend $(call q,$(DEPEND)) --nodes $(NODES) --parallel $(JOBS)
+	--account $(call q,$(SLURM_ACCOUNT)) --partition $(call q,$(SLURM_PARTITION)) \
+	--slurm-gpus-per-node $(call q,$(SLURM_GPUS_PER_NODE)) --depend $(call q,$(DEPEND)) --nodes $(NODES) --parallel $(JOBS)
 SUBMIT = $(PY) $(REPO)/scripts/submit.py $(SCHEDULER_FLAGS)
 # One walltime per job (HH:MM:SS); a site's limits go in local.mk. WALLTIME=... overrides the job of the
 # target run (in make chain: the train jobs). $(call walltime,STEP): WALLTIME if given, else STEP_WALLTIME (quoted).
@@ -187,7 +191,7 @@ ON_BAD_LINE ?= fail
 ALLOW_PARTIAL ?= 0
 # INCLUDE: download only files matching these patterns; VERIFY_HASHES=1: check hashes, not only sizes;
 # HF_ENDPOINT: a hub mirror (HF_TOKEN is read from the environment or `hf auth login`, never passed on);
-# EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs (locally: one job, JOBS workers);
+# EXTRACT_CHUNKS: array indices of the extract job under SCHEDULER=pbs or slurm (locally: one job, JOBS workers);
 # VALIDATE=1: merge checks every line as tokenize will (JSON object, string text, valid UTF-8); ON_BAD_LINE=fail|skip;
 # ALLOW_PARTIAL=1: download and extract go on when the pinned revision or the raw tree lacks part of what
 # the description's `expect` says exists (a sample, a partial copy).
@@ -197,12 +201,13 @@ $(if $(filter $(VERIFY_HASHES),0 1),,$(error VERIFY_HASHES must be 0 or 1 (got '
 $(if $(filter $(VALIDATE),0 1),,$(error VALIDATE must be 0 or 1 (got '$(VALIDATE)')))
 $(if $(filter $(ON_BAD_LINE),fail skip),,$(error ON_BAD_LINE must be fail or skip (got '$(ON_BAD_LINE)')))
 $(if $(filter $(ALLOW_PARTIAL),0 1),,$(error ALLOW_PARTIAL must be 0 or 1 (got '$(ALLOW_PARTIAL)')))
-ON_PBS = $(filter pbs,$(SCHEDULER))
-# extract: an array over file chunks on PBS (a plain job when there is one chunk), one job here
-EXTRACT_CHUNKS_RUN = $(if $(ON_PBS),$(EXTRACT_CHUNKS),1)
+# jobs that go to PBS or Slurm (not run here)
+ON_BATCH = $(filter pbs slurm,$(SCHEDULER))
+# extract: an array over file chunks under PBS or Slurm (a plain job when there is one chunk), one job here
+EXTRACT_CHUNKS_RUN = $(if $(ON_BATCH),$(EXTRACT_CHUNKS),1)
 EXTRACT_ARRAY = $(if $(filter-out 1,$(EXTRACT_CHUNKS_RUN)),--array 0-$(shell echo $$(($(EXTRACT_CHUNKS_RUN) - 1))))
-# worker processes inside a job: JOBS here, every core of the node on PBS
-DATA_WORKERS = $(if $(ON_PBS),auto,$(JOBS))
+# worker processes inside a job: JOBS here, every core of the node under PBS or Slurm
+DATA_WORKERS = $(if $(ON_BATCH),auto,$(JOBS))
 
 download: $(VENV_STAMP) ## fetch DATASET from the Hugging Face hub into EXP_DIR/<dataset>
 	$(SUBMIT) --template pbs/download.pbs --name download-$(DATASET) --walltime $(call walltime,DOWNLOAD) \
@@ -229,11 +234,11 @@ clean-intermediate: $(VENV_STAMP) ## remove extracted and merged trees once ever
 
 # tokenize: TOKENIZER_MODEL is required (no default); TOKENIZER_TYPE = Megatron's tokenizer class whose
 # documents are reproduced; TOKENIZE_ARGS go to the planner (--no-bos, --on-bad-line skip, ...);
-# TOKENIZE_WORKERS = tokenizer processes per file (JOBS here; 0 = every core of the node on PBS).
-# PBS: one array index per file that is not up to date; here: one file after another, all cores each.
+# TOKENIZE_WORKERS = tokenizer processes per file (JOBS here; 0 = every core of the node under PBS or Slurm).
+# PBS or Slurm: one array index per file that is not up to date; here: one file after another, all cores each.
 TOKENIZER_TYPE ?= Llama2Tokenizer
 TOKENIZE_ARGS ?=
-TOKENIZE_WORKERS ?= $(if $(filter pbs,$(SCHEDULER)),0,$(JOBS))
+TOKENIZE_WORKERS ?= $(if $(ON_BATCH),0,$(JOBS))
 TOKENIZER_TYPES := Llama2Tokenizer SentencePieceTokenizer HuggingFaceTokenizer
 $(if $(filter $(TOKENIZER_TYPE),$(TOKENIZER_TYPES)),,$(error TOKENIZER_TYPE must be one of: $(TOKENIZER_TYPES) (got '$(TOKENIZER_TYPE)')))
 $(call require_int,TOKENIZE_WORKERS)
@@ -295,7 +300,7 @@ ENV_SETUP_DRY = $(PY) $(REPO)/scripts/env_setup.py --env-dir $(call q,$(call apa
 	--config $(call q,$(call apath,ENV_CONFIG)) --dry-run
 ENV_SETUP_JOB = $(SUBMIT) --template pbs/setup_env.pbs --name setup-env --walltime $(call walltime,ENV) \
 	--var $(call q,ENV_DIR=$(call apath,ENV_DIR)) --var $(call q,ENV_CONFIG=$(call apath,ENV_CONFIG))
-# quoted words; under PBS they travel as one shell-quoted STEP_ARGS that pbs/run_step.pbs splits, never evaluates
+# quoted words; under PBS or Slurm they travel as one shell-quoted STEP_ARGS that pbs/run_step.pbs splits, never evaluates
 ENV_CHECK_FLAGS = $(call q,--env-dir=$(call apath,ENV_DIR)) $(call q,--python=$(ENV_PYTHON)) \
 	$(call q,--config=$(call apath,ENV_CONFIG)) $(call q,--megatron-path=$(call apath,MEGATRON_PATH)) \
 	$(call q,--tokenizer-model=$(call apath,TOKENIZER_MODEL)) $(call qwords,$(ENV_CHECK_ARGS))
@@ -304,7 +309,7 @@ env: $(VENV_STAMP) ## install the training environment (Megatron-LM, TE, apex, f
 	$(if $(filter 1,$(DRY_RUN)),$(ENV_SETUP_DRY),$(ENV_SETUP_JOB))
 
 env-check: $(VENV_STAMP) ## check that ENV_DIR can run the jobs (versions, GPUs, imports)
-	$(if $(filter pbs,$(SCHEDULER)),$(SUBMIT) --template pbs/run_step.pbs --name env-check \
+	$(if $(ON_BATCH),$(SUBMIT) --template pbs/run_step.pbs --name env-check \
 		--walltime $(call walltime,ENV_CHECK) --var STEP=env_check --var $(call q,STEP_ARGS=$(ENV_CHECK_FLAGS)), \
 		cd $(REPO) && $(PY) scripts/env_check.py $(ENV_CHECK_FLAGS))
 
@@ -405,9 +410,9 @@ soup-config: $(VENV_STAMP) ## write merge/<SOUP_NAME>.yaml averaging the seed ru
 		--size $(SIZE) --seeds $(call q,$(SEEDS)) --iter $(call q,$(ITER)) --name $(call q,$(SOUP_NAME)) \
 		--config-dir $(call q,$(SOUP_CONFIG_DIR)) --dtype $(call q,$(SOUP_DTYPE)) $(if $(DEPEND),--allow-pending)
 
-# under PBS the config and ingredients are checked before qsub (only the config while DEPEND is pending)
+# under PBS or Slurm the config and ingredients are checked before submission (only the config while DEPEND is pending)
 soup: $(VENV_STAMP) ## merge the runs of SOUP_CONFIG=merge/<name>.yaml with mergekit and verify
-	$(if $(filter pbs,$(SCHEDULER)),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,SOUP_CONFIG)) \
+	$(if $(ON_BATCH),$(PY) $(REPO)/scripts/soup.py --config $(call q,$(call apath,SOUP_CONFIG)) \
 		--exp-dir $(call q,$(EXP_DIR)) $(soup_job_args) --check-only $(if $(DEPEND),--pending))
 	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,SOUP_CONFIG)))) \
 		--walltime $(call walltime,SOUP) --var $(call q,SOUP_CONFIG=$(call apath,SOUP_CONFIG)) \

@@ -7,6 +7,24 @@
 : "${REPO_DIR:?REPO_DIR (the repository checkout) must be passed with -v}"
 : "${EXP_DIR:?EXP_DIR must be passed with -v}"
 
+# Under Slurm (sbatch of the same template) the PBS variables the templates read are Slurm's own
+if [[ -n "${SLURM_JOB_ID:-}" && -z "${PBS_JOBID:-}" ]]; then
+    if [[ -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+        PBS_JOBID="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+        PBS_ARRAY_INDEX="${SLURM_ARRAY_TASK_ID}"
+        export PBS_ARRAY_INDEX
+    else
+        PBS_JOBID="${SLURM_JOB_ID}"
+    fi
+    PBS_JOBNAME="${SLURM_JOB_NAME:-job}"
+    PBS_O_WORKDIR="${SLURM_SUBMIT_DIR:-$(pwd)}"
+    # one line per node, as PBS writes it (pbs/megatron.sh takes the hosts and the master address from it)
+    PBS_NODEFILE="$(mktemp "${TMPDIR:-/tmp}/nodefile.XXXXXX")"
+    SLURM_NODEFILE_MADE="${PBS_NODEFILE}"
+    scontrol show hostnames "${SLURM_JOB_NODELIST:?}" > "${PBS_NODEFILE}"
+    export PBS_JOBID PBS_JOBNAME PBS_O_WORKDIR PBS_NODEFILE
+fi
+
 PY="${PY:-${PIPELINE_PYTHON:-${REPO_DIR}/.venv/bin/python}}"
 export PYTHONUNBUFFERED=1
 
@@ -38,4 +56,5 @@ _job_end() {
         "${PBS_JOBID:-manual}" "${PBS_JOBNAME:-}" "${PBS_ARRAY_INDEX:-}" "${status}" "$(date -Is)" \
         "$((SECONDS - JOB_START_S))" > "${JOB_LOG_DIR}/${JOB_TAG}.status"
     echo "END $(date -Is) status=${status} elapsed=$((SECONDS - JOB_START_S))s"
+    if [[ -n "${SLURM_NODEFILE_MADE:-}" ]]; then rm -f "${SLURM_NODEFILE_MADE}"; fi
 }

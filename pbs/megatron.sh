@@ -4,7 +4,8 @@
 # launch of one Megatron-LM program on every GPU of the job's nodes.
 #   megatron_environment            ENV_DIR's activate.sh, MEGATRON_PATH (the knob wins), TRAIN_PYTHON
 #   job_gpus                        hosts[], num_nodes, GPUS_PER_NODE (nvidia-smi's count, else 8), num_gpus
-#   job_launcher                    launcher=mpi|torchrun from LAUNCHER=auto|mpi|torchrun
+#   job_launcher                    launcher=mpi|torchrun from LAUNCHER=auto|mpi|torchrun (several nodes:
+#                                   mpirun, or under Slurm one torchrun per node through srun)
 #   apply_job_environment FILE      `export NAME VALUE` / `unset NAME` lines (train_env.txt), read, never run
 #   megatron_launch SCRIPT          sets launch=(...) that runs SCRIPT on every GPU (append its arguments)
 
@@ -50,8 +51,9 @@ job_launcher() {
         mpi|torchrun) ;;
         *) echo "error: LAUNCHER=${launcher}: expected auto, mpi or torchrun" >&2; exit 2 ;;
     esac
-    if [[ "${launcher}" == torchrun ]] && (( ${num_nodes:-1} > 1 )); then
-        echo "error: LAUNCHER=torchrun runs on one node; this job has ${num_nodes} (use LAUNCHER=mpi)" >&2
+    if [[ "${launcher}" == torchrun ]] && (( ${num_nodes:-1} > 1 )) && [[ -z "${SLURM_JOB_ID:-}" ]]; then
+        echo "error: LAUNCHER=torchrun runs on one node here; this job has ${num_nodes} (use LAUNCHER=mpi," \
+             "or Slurm, where srun starts one torchrun per node)" >&2
         exit 2
     fi
 }
@@ -83,6 +85,11 @@ megatron_launch() {
         launch=(mpirun --display-allocation --report-bindings --oversubscribe -np "${num_gpus}"
                 --npernode "${GPUS_PER_NODE}" -bind-to none -map-by slot "${forward[@]}"
                 bash "${REPO_DIR}/pbs/rank_env.sh" "${TRAIN_PYTHON}" "${script}")
+    elif (( num_nodes > 1 )); then
+        # Slurm: srun starts one torchrun per node; they meet at the first node of the job's node list
+        launch=(srun --nodes "${num_nodes}" --ntasks-per-node 1 --kill-on-bad-exit=1
+                bash "${REPO_DIR}/pbs/torchrun_node.sh" "${TRAIN_PYTHON}" "${num_nodes}" "${GPUS_PER_NODE}"
+                "${MASTER_ADDR}" "${MASTER_PORT}" "${script}")
     else
         launch=("${TRAIN_PYTHON}" -m torch.distributed.run --nnodes 1 --nproc-per-node "${GPUS_PER_NODE}"
                 --master-addr "${MASTER_ADDR}" --master-port "${MASTER_PORT}" "${script}")

@@ -3,7 +3,8 @@
 
 A stage is `done` when its sentinel EXP_DIR/.state/<dataset>/<stage>/done.json exists, `partial`
 when its output folder has files but no sentinel (running, failed or killed), `missing` otherwise.
-Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states.
+Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states, under slurm `squeue`
+(then `sacct`).
 Each run under EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/ gets a row: the iteration its newest
 training log reached, the latest Megatron checkpoint, the Hugging Face conversions; each soup
 under EXP_DIR/soups/<SOUP_NAME>/ one more.
@@ -22,7 +23,7 @@ from pipeline.errors import PipelineError, run_main
 from pipeline.megatron_ckpt import ITER_DIR, TRACKER, available_iterations
 from pipeline.megatron_log import find_logs, last_iteration
 from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
-from pipeline.scheduler import qstat_jobs
+from pipeline.scheduler import SCHEDULERS, job_states
 from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD, hf_checkpoints
 from pipeline.units import human_binary
 
@@ -79,24 +80,18 @@ def read_jobs(exp: Path) -> list[dict]:
     return jobs
 
 
-def pbs_states(job_ids: list[str]) -> dict[str, str]:
+def scheduler_states(scheduler: str, job_ids: list[str]) -> dict[str, str]:
     try:
-        jobs = qstat_jobs(job_ids, "show the job states")
+        states = job_states(scheduler, job_ids, "show the job states")
     except PipelineError as exc:     # the tables are still worth showing without the states
         print(f"warning: {exc}", file=sys.stderr)
         return {}
-    states = {}
-    for job_id, info in jobs.items():
-        state = info.get("job_state", "?")
-        if state == "F" and "Exit_status" in info:
-            state = f"F (exit {info['Exit_status']})"
-        states[job_id] = state
-    return states
+    return {job_id: state.text for job_id, state in states.items()}
 
 
 def job_rows(exp: Path, scheduler: str) -> list[tuple[str, ...]]:
     jobs = read_jobs(exp)[-JOBS_SHOWN:]
-    states = pbs_states([j["job_id"] for j in jobs if j.get("scheduler") == "pbs"]) if scheduler == "pbs" else {}
+    states = scheduler_states(scheduler, [j["job_id"] for j in jobs if j.get("scheduler") == scheduler])
     rows = []
     for job in jobs:
         if job.get("scheduler") == "local":
@@ -198,8 +193,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--exp-dir", required=True, type=Path, help="EXP_DIR")
     parser.add_argument("--dataset", required=True, help="dataset name, e.g. dolmino-mix-1124")
     parser.add_argument("--tokenizer-name", required=True, help="TOKENIZER_NAME of the tokenized tree")
-    parser.add_argument("--scheduler", choices=("local", "pbs"), default="local",
-                        help="with pbs, job states come from qstat")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="local",
+                        help="with pbs, job states come from qstat; with slurm from squeue (then sacct)")
     return parser.parse_args()
 
 

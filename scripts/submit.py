@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Run a pbs/ job template: submit it with qsub (SCHEDULER=pbs) or run it here with bash (local).
-The job layer itself (qsub, local runs, jobs.jsonl, qstat) is pipeline/scheduler.py; this is its command.
+"""Run a pbs/ job template: submit it with qsub (SCHEDULER=pbs) or sbatch (slurm), or run it here with bash
+(local). The job layer itself (submission, local runs, jobs.jsonl, job states) is pipeline/scheduler.py; this
+is its command.
 
 Every make target that runs a job goes through this script, so both schedulers see the very same
 template and variables. Under PBS it prints the job id alone on stdout (for DEPEND chains) and
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     variables = dict(parse_var(v) for v in args.var)
     job = make_job(args.template, args.name, variables, exp, array=args.array, depend=args.depend,
                    nodes=args.nodes, walltime=args.walltime)
-    status, job_id = submit(job, scheduler_options(args, args.dry_run), exp)
+    status, job_id = submit(job, scheduler_options(args, dry_run=args.dry_run), exp)
     if job_id:
         print(job_id)   # alone on stdout: DEPEND chains read it
     return status

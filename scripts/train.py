@@ -20,6 +20,7 @@ import sys
 from pipeline.errors import fail, run_main
 from pipeline.preflight import check_run
 from pipeline.run_options import add_run_arguments, spec_from_args
+from pipeline.scheduler import add_scheduler_arguments, scheduler_options
 from pipeline.train_jobs import chain, submit_runs
 
 
@@ -61,33 +62,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chain.add_argument("--soup-config-dir", default="", help="SOUP_CONFIG_DIR for the soup config (default: merge/)")
     chain.add_argument("--soup-var", action="append", default=[], metavar="NAME=VALUE",
                        help="extra variable for the soup job (SOUP_VERIFY, SOUP_CUDA, SOUP_SHARD_SIZE); repeatable")
-    # the Makefile's $(SCHEDULER_FLAGS), as scripts/submit.py takes them
-    sched = parser.add_argument_group("scheduler (as scripts/submit.py)")
-    sched.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="SCHEDULER")
-    sched.add_argument("--group", default="", help="PBS_GROUP")
-    sched.add_argument("--queue", default="", help="PBS_QUEUE")
-    sched.add_argument("--rtype", default="", help="PBS_RTYPE")
-    sched.add_argument("--depend", default="", help="DEPEND: of the train job (submit, seeds) or of each "
-                       "seed's first job (chain)")
-    sched.add_argument("--nodes", type=int, default=1, help="NODES of the train job")
-    sched.add_argument("--parallel", type=int, default=1, help="JOBS (local array parallelism)")
+    # the Makefile's $(SCHEDULER_FLAGS); DEPEND is of the train job (submit, seeds) or of each seed's first job
+    add_scheduler_arguments(parser.add_argument_group("scheduler"), with_exp_dir=False)
     args = parser.parse_args(argv)
     from pipeline.paths import exp_dir
     args.exp = exp_dir(args.exp_dir)
     args.exp_dir = str(args.exp)
     if args.nodes < 1:
         fail(f"NODES={args.nodes}: must be at least 1")
-    if args.scheduler == "pbs" and args.action != "preflight":
-        for knob, value in (("PBS_GROUP", args.group), ("PBS_QUEUE", args.queue)):
-            if not value:
-                fail(f"{knob} is not set: SCHEDULER=pbs needs it (on the command line or in local.mk)")
+    if args.action != "preflight":
+        for knob in scheduler_options(args).missing_knobs():
+            fail(f"{knob} is not set: SCHEDULER={args.scheduler} needs it (on the command line or in local.mk)")
     if args.gpus_per_node and not re.fullmatch(r"[1-9][0-9]*", args.gpus_per_node):
         fail(f"GPUS_PER_NODE={args.gpus_per_node!r}: expected a positive whole number")
     # the launcher the arguments are resolved for now; the job resolves them again for what it finds
     if args.launcher_knob in ("mpi", "torchrun"):
         args.launcher = args.launcher_knob
     else:
-        args.launcher = "mpi" if args.scheduler == "pbs" or shutil.which("mpirun") else "torchrun"
+        args.launcher = "mpi" if args.scheduler != "local" or shutil.which("mpirun") else "torchrun"
     return args
 
 

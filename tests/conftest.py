@@ -108,3 +108,22 @@ def write_executable(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node Slurm cluster (tests/slurm_cluster.py), started once per test session; SLURM_CONF
+    points every sbatch/squeue/scancel of the tests and the makes they run at it."""
+    from slurm_cluster import SlurmCluster
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    why = cluster.start()
+    if why:
+        pytest.skip(f"no real Slurm here: {why}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    cluster.stop()
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old

@@ -19,7 +19,7 @@ def test_help_is_default_and_lists_every_target(make):
 
 
 @pytest.mark.parametrize("knob, message", [
-    ("SCHEDULER=slurm", "SCHEDULER must be one of"),
+    ("SCHEDULER=lsf", "SCHEDULER must be one of"),
     ("NODES=two", "NODES must be a whole number"),
     ("NODES=0", "NODES must be at least 1"),
     ("SEED=4x", "SEED must be a whole number"),

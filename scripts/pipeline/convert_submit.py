@@ -14,7 +14,7 @@ from pipeline.convert_job import ConvertRequest, check_inputs, output_dir, plan_
 from pipeline.errors import fail
 from pipeline.paths import PBS_DIR, REPO_DIR
 from pipeline.run_options import request
-from pipeline.scheduler import SchedulerOptions, make_job, submit
+from pipeline.scheduler import make_job, scheduler_options, submit
 
 TEMPLATE = PBS_DIR / "convert.pbs"
 
@@ -43,10 +43,9 @@ def job_name(req: ConvertRequest) -> str:
 
 def submit_job(req: ConvertRequest, args: argparse.Namespace, *, dry_run: bool) -> tuple[int, str | None]:
     """Hand the conversion job to the job layer: (exit status, job id under PBS)."""
-    queue = args.cpu_queue if req.converter == "native" and args.cpu_queue else args.queue
     job = make_job(TEMPLATE, job_name(req), job_variables(req, args), req.exp, depend=args.depend,
                    nodes=args.nodes if req.converter == "megatron" else 1, walltime=args.walltime)
-    options = SchedulerOptions(args.scheduler, args.group, queue, args.rtype, args.parallel, dry_run)
+    options = scheduler_options(args, dry_run=dry_run, queue=args.cpu_queue if req.converter == "native" else "")
     sys.stdout.flush()
     return submit(job, options, req.exp)
 

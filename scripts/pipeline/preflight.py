@@ -2,8 +2,8 @@
 
 Each data prefix of the mixture list has .bin and .idx (valid header) under EXP_DIR, the tokenizer model
 and Megatron's pretrain_gpt.py exist, the global batch splits over NODES x GPUs, the run is initialised
-(make init; in a chain its init job comes first), and no live PBS job of the same run is queued, running
-or held (FORCE=1 overrides). Every problem is listed at once.
+(make init; in a chain its init job comes first), and no live job of the same run is queued, running
+or held under PBS or Slurm (FORCE=1 overrides). Every problem is listed at once.
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from pipeline.midtrain import RunLayout, resolve_base
 from pipeline.params import load_train_params
 from pipeline.paths import PBS_DIR, jobs_file, run_dir
 from pipeline.run_options import spec_from_args
-from pipeline.scheduler import afterok, qstat_jobs
+from pipeline.scheduler import afterok, job_states
 
 TRAIN_TEMPLATE = PBS_DIR / "train.pbs"
-LIVE_STATES = {"Q", "R", "H", "W", "T", "E", "B", "S", "U", "M"}   # anything but finished (F) or moved (X)
 MAX_LISTED = 10
 
 
@@ -80,8 +79,8 @@ def init_problems(layout: RunLayout, spec: RunSpec) -> list[str]:
     return [f"incomplete start checkpoint: {p}" for p in completeness_problems(iter_dir)]
 
 
-def train_jobs(exp: Path, run: Path) -> list[str]:
-    """The ids of every PBS train job submitted for `run`, newest first, from EXP_DIR/jobs.jsonl."""
+def train_jobs(exp: Path, run: Path, scheduler: str) -> list[str]:
+    """The ids of every train job submitted to `scheduler` for `run`, newest first, from EXP_DIR/jobs.jsonl."""
     path = jobs_file(exp)
     if not path.is_file():
         return []
@@ -94,21 +93,20 @@ def train_jobs(exp: Path, run: Path) -> list[str]:
         except json.JSONDecodeError:
             print(f"warning: {path}:{number}: not JSON, skipped", file=sys.stderr)
             continue
-        if entry.get("scheduler") == "pbs" and Path(entry.get("template", "")).name == TRAIN_TEMPLATE.name \
+        if entry.get("scheduler") == scheduler and Path(entry.get("template", "")).name == TRAIN_TEMPLATE.name \
                 and (entry.get("variables") or {}).get("RUN_DIR") == str(run) and entry.get("job_id"):
             found.append(entry["job_id"])
     return list(dict.fromkeys(reversed(found)))
 
 
-def live_job(exp: Path, run: Path) -> tuple[str, str] | None:
+def live_job(exp: Path, run: Path, scheduler: str) -> tuple[str, str] | None:
     """(id, state) of the newest live train job of `run`: every job of the run is asked about, since an
     older one may still run after a later, forced one has finished."""
-    job_ids = train_jobs(exp, run)
-    states = qstat_jobs(job_ids, f"check for a live train job of {run} (FORCE=1 skips the check)")
+    job_ids = train_jobs(exp, run, scheduler)
+    states = job_states(scheduler, job_ids, f"check for a live train job of {run} (FORCE=1 skips the check)")
     for job_id in job_ids:
-        state = states.get(job_id, {}).get("job_state")
-        if state in LIVE_STATES:
-            return job_id, state
+        if job_id in states and states[job_id].live:
+            return job_id, states[job_id].text
     return None
 
 
@@ -133,8 +131,8 @@ def check_run(args: argparse.Namespace, seed: int, *, need_init: bool) -> Resolv
     problems += environment_problems(resolved, args.env_dir)
     if need_init:
         problems += init_problems(spec.layout, spec)
-    if args.scheduler == "pbs" and not args.force:
-        live = live_job(spec.exp, spec.run_dir)
+    if args.scheduler != "local" and not args.force:
+        live = live_job(spec.exp, spec.run_dir, args.scheduler)
         if live:
             problems.append(f"{spec.run_dir}: job {live[0]} of this run is still live (state {live[1]}); a second "
                             f"one would train the same folder at once. FORCE=1 submits anyway")
@@ -157,8 +155,8 @@ def check_base(args: argparse.Namespace, seed: int, spec: RunSpec) -> str:
         return ""
     earlier = Path(args.base_ckpt) if args.base_ckpt else \
         run_dir(args.exp, params.start.run.task, params.start.run.param, params.start.run.size, seed)
-    if args.scheduler == "pbs":
-        live = live_job(args.exp, earlier)
+    if args.scheduler != "local":
+        live = live_job(args.exp, earlier, args.scheduler)
         if live:
             print(f"chain: seed {seed} starts after {live[0]}, the earlier stage's live train job", file=sys.stderr)
             return afterok(live[0])

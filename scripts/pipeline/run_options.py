@@ -15,6 +15,7 @@ from pipeline.errors import fail
 from pipeline.megatron_args import LAUNCHERS, RunSpec
 from pipeline.paths import exp_dir
 from pipeline.provenance import provenance
+from pipeline.scheduler import add_scheduler_arguments
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,14 +71,9 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_convert_job_arguments(parser: argparse.ArgumentParser) -> None:
     """How a conversion job is submitted (make convert's scheduler knobs)."""
-    parser.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="SCHEDULER")
-    parser.add_argument("--group", default="", help="PBS_GROUP (-P)")
-    parser.add_argument("--queue", default="", help="PBS_QUEUE (-q) of the Megatron (GPU) job")
-    parser.add_argument("--cpu-queue", default="", help="CPU_QUEUE: queue of the native (CPU) job (default PBS_QUEUE)")
-    parser.add_argument("--rtype", default="", help="PBS_RTYPE")
-    parser.add_argument("--depend", default="", help="DEPEND: the checkpoint is then not looked for now")
-    parser.add_argument("--nodes", type=int, default=1, help="NODES of the Megatron job (step 1)")
-    parser.add_argument("--parallel", type=int, default=1, help="JOBS (local array parallelism; unused)")
+    add_scheduler_arguments(parser, with_exp_dir=False)   # with DEPEND the checkpoint is not looked for now
+    parser.add_argument("--cpu-queue", default="", help="CPU_QUEUE: queue (PBS) or partition (Slurm) of the "
+                        "native (CPU) job (default PBS_QUEUE / SLURM_PARTITION)")
     parser.add_argument("--walltime", default="", help="job walltime HH:MM:SS")
     parser.add_argument("--gpus-per-node", default="", help="GPUS_PER_NODE (default: counted by the job, else 8)")
     parser.add_argument("--launcher-knob", choices=("auto", "mpi", "torchrun"), default="auto",

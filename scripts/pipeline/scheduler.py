@@ -1,9 +1,11 @@
-"""The job layer: a pbs/ template with its variables, submitted with qsub or run here with bash (with the PBS
-variables emulated, arrays with bounded parallelism, signals passed on), the jobs.jsonl record, DEPEND
-parsing, job states from `qstat -f -x -F json`, and the generic step job's command line.
+"""The job layer: a pbs/ template with its variables, submitted with qsub (SCHEDULER=pbs), with sbatch
+(SCHEDULER=slurm: the same template; pbs/common.sh maps Slurm's job variables to the PBS ones) or run here
+with bash (local: the PBS variables emulated, arrays with bounded parallelism, signals passed on); the
+jobs.jsonl record, DEPEND parsing, job states (`qstat -f -x -F json`; `squeue`, then `sacct`), and the
+generic step job's command line.
 
-A PBS server that hangs must not hang make: every call gives up after PBS_TIMEOUT seconds
-(environment; default 120) with a message saying what was asked and what to check.
+A scheduler that hangs must not hang make: every qsub, qstat, sbatch, squeue or sacct call gives up after
+PBS_TIMEOUT seconds (environment; default 120) with a message saying what was asked and what to check.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,8 +29,9 @@ from pipeline.paths import jobs_file, logs_dir
 from pipeline.provenance import git_commit, now_iso
 
 DEFAULT_TIMEOUT_S = 120.0
-# 123.pbs1, 123[].pbs1 (a whole array), 123[4].pbs1 (one index); server suffix optional
-JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
+SCHEDULERS = ("local", "pbs", "slurm")
+# PBS: 123.pbs1, 123[].pbs1 (a whole array), 123[4].pbs1 (one index), server suffix optional; Slurm: 123, 123_4
+JOB_ID = re.compile(r"^\d+(\[\d*\]|_\d+)?(\.[A-Za-z0-9_.-]+)?$")
 DEPEND_TYPES = ("afterok", "afterany", "afternotok")
 
 
@@ -48,7 +52,7 @@ def normalize_depend(depend: str) -> str | None:
     for _, ids in clauses:
         for job_id in ids:
             if not JOB_ID.match(job_id):
-                fail(f"DEPEND={depend!r}: {job_id!r} is not a PBS job id (like 123.pbs1 or 123[].pbs1)")
+                fail(f"DEPEND={depend!r}: {job_id!r} is not a job id (PBS: 123.pbs1 or 123[].pbs1; Slurm: 123)")
     return ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in clauses)
 
 
@@ -75,15 +79,18 @@ def timeout_s() -> float:
     return value
 
 
-def run_pbs(cmd: list[str], what: str, missing: str = "", after_timeout: str = "") -> subprocess.CompletedProcess:
-    """Run a PBS client command (qsub, qstat) with the time limit; its output is captured as text."""
+def run_pbs(cmd: list[str], what: str, missing: str = "", after_timeout: str = "",
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a scheduler's client command (qsub, qstat, sbatch, squeue, sacct) with the time limit; its
+    output is captured as text."""
     limit = timeout_s()
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL,
+                              env=env)
     except FileNotFoundError:
-        fail(missing or f"{cmd[0]} not found on PATH: PBS commands run on a PBS login node")
+        fail(missing or f"{cmd[0]} not found on PATH: the scheduler's commands run on its login node")
     except subprocess.TimeoutExpired:
-        fail(f"{cmd[0]} did not answer within {limit:g} s ({what}); the PBS server may be down or overloaded. "
+        fail(f"{cmd[0]} did not answer within {limit:g} s ({what}); the scheduler may be down or overloaded. "
              f"{after_timeout}PBS_TIMEOUT=<seconds> waits longer")
 
 
@@ -112,6 +119,70 @@ def qstat_jobs(job_ids: list[str], what: str) -> dict[str, dict]:
         if record is not None:
             found[job_id] = record
     return found
+
+
+# anything but finished (F) or moved (X)
+PBS_LIVE = {"Q", "R", "H", "W", "T", "E", "B", "S", "U", "M"}
+SLURM_LIVE = {"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+              "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+@dataclass
+class JobState:
+    text: str     # as `make status` shows it: R, F (exit 1); RUNNING, FAILED, PENDING (DependencyNeverSatisfied)
+    live: bool    # queued, running or held: not finished
+
+
+def slurm_jobs(job_ids: list[str], what: str) -> dict[str, dict[str, str]]:
+    """job id -> {state, reason} from squeue (which still lists jobs that ended within the cluster's
+    MinJobAge), then sacct for the rest where accounting is on. An array is summed up over its tasks:
+    live while one is, else failed if one failed."""
+    if not job_ids:
+        return {}
+    tasks: dict[str, list[tuple[str, str]]] = {}
+    result = run_pbs(["squeue", "-h", "--states=all", "-o", "%F|%i|%T|%r", "-j", ",".join(job_ids)], what,
+                     missing=f"squeue not found on PATH: cannot {what}")
+    if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        fail(f"squeue -j {','.join(job_ids)} failed (exit {result.returncode}) while trying to {what}: "
+             f"{result.stderr.strip()}")
+    for line in result.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 4:
+            tasks.setdefault(parts[0], []).append((parts[2], parts[3]))
+    unknown = [i for i in job_ids if i.split("_")[0] not in tasks]
+    if unknown and shutil.which("sacct"):
+        result = run_pbs(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State,Reason", "-j", ",".join(unknown)], what)
+        if result.returncode == 0:   # without accounting sacct only says so; squeue was all there is
+            for line in result.stdout.splitlines():
+                parts = line.strip().split("|")
+                if len(parts) == 3:
+                    tasks.setdefault(parts[0].split("_")[0], []).append((parts[1].split()[0], parts[2]))
+    found = {}
+    for job_id in job_ids:
+        states = tasks.get(job_id.split("_")[0])
+        if not states:
+            continue
+        live = [s for s in states if s[0] in SLURM_LIVE]
+        bad = [s for s in states if s[0] not in SLURM_LIVE and s[0] != "COMPLETED"]
+        state, reason = (live or bad or states)[0]
+        found[job_id] = {"state": state, "reason": reason if reason not in ("None", "") else ""}
+    return found
+
+
+def job_states(scheduler: str, job_ids: list[str], what: str) -> dict[str, JobState]:
+    """The states of submitted jobs, one scheduler call for all; ids the scheduler has forgotten are left out."""
+    if scheduler == "pbs":
+        states = {}
+        for job_id, info in qstat_jobs(job_ids, what).items():
+            state = info.get("job_state", "?")
+            text = f"F (exit {info['Exit_status']})" if state == "F" and "Exit_status" in info else state
+            states[job_id] = JobState(text, state in PBS_LIVE)
+        return states
+    if scheduler == "slurm":
+        return {job_id: JobState(f"{info['state']} ({info['reason']})" if info["reason"] else info["state"],
+                                 info["state"] in SLURM_LIVE)
+                for job_id, info in slurm_jobs(job_ids, what).items()}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,29 +276,56 @@ def step_command(step: str, step_args: str, python: str, scripts_dir: Path) -> l
 # ---------------------------------------------------------------------------------------------
 # Jobs: one pbs/ template with its variables, submitted with qsub or run here with bash (scripts/submit.py)
 # ---------------------------------------------------------------------------------------------
+@dataclass
 class SchedulerOptions:
     """What every submission needs besides the job (the Makefile's scheduler knobs)."""
+    scheduler: str = "local"
+    group: str = ""                 # PBS_GROUP (-P)
+    queue: str = ""                 # PBS_QUEUE (-q)
+    rtype: str = ""                 # PBS_RTYPE
+    parallel: int = 1               # local: array indices at once
+    dry_run: bool = False
+    account: str = ""               # SLURM_ACCOUNT (--account)
+    partition: str = ""             # SLURM_PARTITION (--partition)
+    gpus_per_node: str = ""         # SLURM_GPUS_PER_NODE (--gpus-per-node), for partitions that want it
 
-    def __init__(self, scheduler: str = "local", group: str = "", queue: str = "", rtype: str = "",
-                 parallel: int = 1, dry_run: bool = False) -> None:
-        self.scheduler, self.group, self.queue, self.rtype = scheduler, group, queue, rtype
-        self.parallel, self.dry_run = parallel, dry_run
+    @property
+    def queued(self) -> bool:
+        """Jobs go to a batch scheduler and have ids (not run here)."""
+        return self.scheduler != "local"
+
+    def missing_knobs(self) -> list[str]:
+        required = {"pbs": (("PBS_GROUP", self.group), ("PBS_QUEUE", self.queue)),
+                    "slurm": (("SLURM_ACCOUNT", self.account), ("SLURM_PARTITION", self.partition))}
+        return [knob for knob, value in required.get(self.scheduler, ()) if not value]
 
 
-def add_scheduler_arguments(parser, default_parallel: int = 1) -> None:
+def add_scheduler_arguments(parser, *, default_parallel: int = 1, with_exp_dir: bool = True) -> None:
     """The Makefile's $(SCHEDULER_FLAGS), as every submitting script takes them."""
-    parser.add_argument("--scheduler", choices=("local", "pbs"), default="local", help="where the job runs")
-    parser.add_argument("--exp-dir", required=True, help="EXP_DIR: logs and jobs.jsonl go here")
-    parser.add_argument("--group", default="", help="PBS group (-P); required with --scheduler pbs")
-    parser.add_argument("--queue", default="", help="PBS queue (-q); required with --scheduler pbs")
-    parser.add_argument("--rtype", default="", help="resource type with a reservation queue (-v RTYPE=)")
-    parser.add_argument("--depend", default="", help="afterok:ID[:ID], afterany:..., or bare ids (= afterok)")
-    parser.add_argument("--nodes", type=int, default=1, help="nodes (-l select=N)")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default="local", help="SCHEDULER: where the job runs")
+    if with_exp_dir:
+        parser.add_argument("--exp-dir", required=True, help="EXP_DIR: logs and jobs.jsonl go here")
+    parser.add_argument("--group", default="", help="PBS_GROUP (-P); required with --scheduler pbs")
+    parser.add_argument("--queue", default="", help="PBS_QUEUE (-q); required with --scheduler pbs")
+    parser.add_argument("--rtype", default="", help="PBS_RTYPE: resource type with a reservation queue")
+    parser.add_argument("--account", default="", help="SLURM_ACCOUNT; required with --scheduler slurm")
+    parser.add_argument("--partition", default="", help="SLURM_PARTITION; required with --scheduler slurm")
+    parser.add_argument("--slurm-gpus-per-node", default="", help="SLURM_GPUS_PER_NODE (--gpus-per-node)")
+    parser.add_argument("--depend", default="", help="DEPEND: afterok:ID[:ID], afterany:..., or bare ids (= afterok)")
+    parser.add_argument("--nodes", type=int, default=1, help="NODES")
     parser.add_argument("--parallel", type=int, default=default_parallel, help="local mode: array indices run at once")
 
 
-def scheduler_options(args, dry_run: bool = False) -> "SchedulerOptions":
-    return SchedulerOptions(args.scheduler, args.group, args.queue, args.rtype, args.parallel, dry_run)
+def scheduler_options(args, *, dry_run: bool = False, queue: str = "") -> SchedulerOptions:
+    """The options of parsed add_scheduler_arguments flags; `queue` (CPU_QUEUE) replaces the queue under
+    PBS and the partition under Slurm."""
+    options = SchedulerOptions(args.scheduler, args.group, args.queue, args.rtype, args.parallel, dry_run,
+                               args.account, args.partition, args.slurm_gpus_per_node)
+    if queue and options.scheduler == "slurm":
+        options.partition = queue
+    elif queue:
+        options.queue = queue
+    return options
 
 
 VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -343,6 +441,65 @@ def submit_pbs(job: Job, args: "SchedulerOptions", exp: Path) -> str:
     return job_id
 
 
+JOB_IDENTITY = ("PBS_JOBID", "PBS_ARRAY_INDEX", "PBS_JOBNAME", "PBS_NODEFILE", "PBS_O_WORKDIR", "PBS_ENVIRONMENT")
+
+
+def sbatch_command(job: Job, options: SchedulerOptions, log_dir: Path) -> list[str]:
+    """sbatch's command line. The variables travel in sbatch's environment (--export=ALL, Slurm's default),
+    so a value with commas, quotes or spaces reaches the job as it is."""
+    for knob in options.missing_knobs():
+        fail(f"{knob} is not set: SCHEDULER=slurm needs it (on the command line or in local.mk)")
+    if not JOB_NAME.match(job.name):
+        fail(f"job name {job.name!r}: wanted a letter then up to 235 letters, digits or _.+-")
+    if "%" in str(log_dir):
+        fail(f"{log_dir}: sbatch reads % in an output path as a pattern; use an EXP_DIR without %")
+    cmd = ["sbatch", "--parsable", "--job-name", job.name, "--account", options.account,
+           "--partition", options.partition, "--nodes", str(job.nodes), "--export", "ALL"]
+    if job.walltime:
+        if not WALLTIME.match(job.walltime):
+            fail(f"WALLTIME={job.walltime!r}: expected HH:MM:SS")
+        cmd += ["--time", job.walltime]
+    if options.gpus_per_node:
+        if not re.fullmatch(r"[1-9][0-9]*", options.gpus_per_node):
+            fail(f"SLURM_GPUS_PER_NODE={options.gpus_per_node!r}: expected a positive whole number")
+        cmd += ["--gpus-per-node", options.gpus_per_node]
+    cmd += ["--output", f"{log_dir}/{job.name}-{'%A_%a' if job.array else '%j'}.out"]
+    if job.depend:
+        cmd.append(f"--dependency={job.depend}")
+    if job.array:
+        array_indices(job.array)
+        cmd.append(f"--array={job.array}")
+    cmd.append(str(job.template))
+    return cmd
+
+
+def submit_slurm(job: Job, options: SchedulerOptions, exp: Path) -> str:
+    """sbatch the job; returns its id (empty for a dry run, which prints the command)."""
+    cmd = sbatch_command(job, options, logs_dir(exp))
+    if options.dry_run:
+        print(shlex.join(["env", *(f"{k}={v}" for k, v in job.variables.items()), *cmd]))
+        return ""
+    logs_dir(exp).mkdir(parents=True, exist_ok=True)
+    # a job id from the environment of this process (make run inside a job) must not pass for the new job's
+    env = {k: v for k, v in os.environ.items() if k not in JOB_IDENTITY} | job.variables
+    result = run_pbs(cmd, f"submitting {job.template.name} as {job.name}", env=env,
+                     missing="sbatch not found on PATH: SCHEDULER=slurm must run on a Slurm login node (or use "
+                             "SCHEDULER=local)",
+                     after_timeout="The job may have been queued all the same: look with squeue --me before "
+                                   "submitting again. ")
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip()
+        fail(f"sbatch failed (exit {result.returncode}) for {job.template.name}: {message}")
+    lines = result.stdout.strip().splitlines()
+    job_id = lines[-1].split(";")[0].strip() if lines else ""   # --parsable: ID or ID;CLUSTER
+    if not JOB_ID.match(job_id):
+        fail(f"sbatch printed {result.stdout!r}, not a job id")
+    record(exp, {"time": now_iso(), "scheduler": "slurm", "template": str(job.template), "name": job.name,
+                 "variables": job.variables, "depend": job.depend, "array": job.array, "nodes": job.nodes,
+                 "job_id": job_id, "git_commit": git_commit(), "command": cmd})
+    return job_id
+
+
 def _local_env(job: Job, job_id: str, nodefile: Path, index: int | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(job.variables)
@@ -433,7 +590,9 @@ def make_job(template: str | Path, name: str, variables: dict[str, str], exp: Pa
 
 
 def submit(job: Job, options: SchedulerOptions, exp: Path) -> tuple[int, str | None]:
-    """Submit `job` under PBS (its id, recorded in jobs.jsonl) or run it here: (exit status, job id or None)."""
+    """Submit `job` to PBS or Slurm (its id, recorded in jobs.jsonl) or run it here: (exit status, job id or None)."""
     if options.scheduler == "pbs":
         return 0, submit_pbs(job, options, exp) or None
+    if options.scheduler == "slurm":
+        return 0, submit_slurm(job, options, exp) or None
     return run_local(job, options, exp), None

@@ -166,14 +166,14 @@ def submit_plan(plan: Plan, exp: Path, dataset: str, tokenizer_name: str, *, wor
                 depend: str, nodes: int, options) -> tuple[int, str | None]:
     """pbs/tokenize.pbs over the plan's entries (an array of one index per entry when there are several):
     (exit status, job id under PBS). Here the indices run one at a time, since each uses every core."""
-    from pipeline.scheduler import SchedulerOptions, make_job, submit
+    from dataclasses import replace
+
+    from pipeline.scheduler import make_job, submit
     job = make_job("pbs/tokenize.pbs", f"tokenize-{dataset}-{tokenizer_name}",
                    {"PLAN": str(plan.path), "WORKERS": str(workers)}, exp,
                    array=f"0-{len(plan.todo) - 1}" if len(plan.todo) > 1 else "", depend=depend, nodes=nodes,
                    walltime=walltime)
-    one_at_a_time = SchedulerOptions(options.scheduler, options.group, options.queue, options.rtype, 1,
-                                     options.dry_run)
-    return submit(job, one_at_a_time, exp)
+    return submit(job, replace(options, parallel=1), exp)
 
 
 def load_plan(path: Path) -> dict:

@@ -21,7 +21,7 @@ from pipeline.params import param_name
 from pipeline.paths import MERGE_DIR, PBS_DIR
 from pipeline.preflight import TRAIN_TEMPLATE, check_base, check_run, init_problems
 from pipeline.run_options import convert_job_options, write_resolved
-from pipeline.scheduler import SchedulerOptions, afterok, join_depend, make_job, normalize_depend, submit
+from pipeline.scheduler import afterok, join_depend, make_job, normalize_depend, scheduler_options, submit
 
 STEP_TEMPLATE = PBS_DIR / "run_step.pbs"
 NAME_CHARS = re.compile(r"[^A-Za-z0-9_.+-]")
@@ -37,16 +37,15 @@ class Submitter:
     opts: argparse.Namespace
 
     @property
-    def pbs(self) -> bool:
-        return self.opts.scheduler == "pbs"
+    def queued(self) -> bool:
+        """Jobs go to PBS or Slurm and have ids; locally each has run by the time submit returns."""
+        return self.opts.scheduler != "local"
 
     def submit(self, template: Path, name: str, variables: dict[str, str], *, depend: str = "", nodes: int = 1,
                walltime: str = "", queue: str = "") -> str | None:
-        """Submit through the job layer; returns the job id under PBS (None locally, where it has run by now)."""
+        """Submit through the job layer; returns the job id (None locally, where it has run by now)."""
         job = make_job(template, name, variables, self.opts.exp, depend=depend, nodes=nodes, walltime=walltime)
-        options = SchedulerOptions(self.opts.scheduler, self.opts.group, queue or self.opts.queue, self.opts.rtype,
-                                   self.opts.parallel)
-        status, job_id = submit(job, options, self.opts.exp)
+        status, job_id = submit(job, scheduler_options(self.opts, queue=queue), self.opts.exp)
         if status != 0:
             fail(f"{template.name} job {name} failed (exit {status})")
         return job_id
@@ -76,7 +75,7 @@ def run_vars(spec: RunSpec, args: argparse.Namespace) -> dict[str, str]:
 
 def record_and_submit_train(sub: Submitter, args: argparse.Namespace, resolved: Resolved, depend: str) -> str | None:
     spec = resolved.spec
-    write_resolved(resolved, "submission" if sub.pbs else "local run")
+    write_resolved(resolved, "submission" if sub.queued else "local run")
     print(f"train: {spec.run_dir}: {resolved.total_tokens:,} tokens -> {resolved.train_iters} iterations from step 0"
           f" on {args.nodes} node(s); arguments in {spec.layout.args_txt}", file=sys.stderr)
     return sub.submit(TRAIN_TEMPLATE, job_name("train", spec), run_vars(spec, args), depend=depend,
@@ -155,12 +154,12 @@ def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
                               {"STEP": "init_run", "STEP_ARGS": shlex.join(init_step_args(args, spec.seed))},
                               depend=join_depend(user_depend, earlier), walltime=args.init_walltime,
                               queue=args.cpu_queue)
-        if not sub.pbs and init_problems(spec.layout, spec):
+        if not sub.queued and init_problems(spec.layout, spec):
             fail("\n".join(init_problems(spec.layout, spec)))
         train_job = record_and_submit_train(sub, args, resolved, afterok(init_job))
         convert_job = submit_conversion(convert_options(args, spec.seed, final, afterok(train_job)))
         converts.append(convert_job)
-        if sub.pbs:
+        if sub.queued:
             print(f"chain: seed {spec.seed}: init {init_job} -> train {train_job} -> convert {convert_job}",
                   file=sys.stderr)
     soup_vars = dict(v.split("=", 1) for v in args.soup_var if "=" in v and v.split("=", 1)[1])
