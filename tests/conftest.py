@@ -127,3 +127,28 @@ def slurm_cluster(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """A pretrained checkpoint written by megatron-core's own save path (tests/train_helpers.py)."""
+    from train_helpers import pretrained_checkpoint
+    return pretrained_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture
+def setup(exp_dir, tmp_path, pretrained):
+    """What make train needs: data, list, tokenizer file, fake Megatron (train_helpers.TrainSetup)."""
+    from train_helpers import TrainSetup
+    return TrainSetup(exp_dir, tmp_path, pretrained)
+
+
+@pytest.fixture
+def launch(setup, tmp_path, monkeypatch):
+    """A fake mpirun and python on PATH, and an ENV_DIR whose activate.sh sets MEGATRON_PATH:
+    (ENV_DIR, the file the fake mpirun records its launch into)."""
+    from train_helpers import fake_launch
+    record = tmp_path / "launch.json"
+    for name, value in fake_launch(tmp_path / "bin", tmp_path / "env", record).items():
+        monkeypatch.setenv(name, value)
+    return tmp_path / "env", record

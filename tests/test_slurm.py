@@ -6,6 +6,7 @@ Skipped, with the reason, where Slurm is not installed or cannot be started (it 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -150,6 +151,22 @@ def test_a_live_train_job_is_found_and_a_finished_one_is_not(slurm_cluster, exp_
     assert live_job(exp_dir, run, "slurm") is None
 
 
+def test_a_train_job_runs_under_slurm_on_the_node_list(slurm_cluster, make, setup, launch):
+    # the same pbs/train.pbs as under PBS; the fake mpirun (on PATH, which sbatch passes on) records the launch
+    env_dir, record = launch
+    setup.init(42)
+    knobs = [k for k in setup.knobs() if not k.startswith("MEGATRON_PATH=")]
+    job = make("train", "-s", *knobs, *SLURM, f"ENV_DIR={env_dir}", "GPUS_PER_NODE=2").stdout.strip()
+    assert slurm_cluster.wait([job]) == {job: "COMPLETED"}
+    call = json.loads(record.read_text())
+    assert call["argv"][3:7] == ["-np", "2", "--npernode", "2"]
+    assert call["env"]["MASTER_ADDR"] == socket.gethostname().split(".")[0]
+    resolved = json.loads((setup.run(42) / "train_args.json").read_text())
+    assert resolved["resolved_at"] == f"job {job}" and resolved["world_size"] == 2
+    again = make("train", *knobs, *SLURM, f"ENV_DIR={env_dir}", "GPUS_PER_NODE=2", check=False)
+    assert again.returncode == 0, again.stderr    # finished: not a live job
+
+
 # --- without a cluster -------------------------------------------------------------------------------
 @pytest.mark.parametrize("missing, knob", [("SLURM_ACCOUNT=", "SLURM_ACCOUNT"),
                                            ("SLURM_PARTITION=", "SLURM_PARTITION")])
@@ -164,9 +181,9 @@ def test_several_nodes_under_slurm_start_one_torchrun_per_node(tmp_path):
     script = (f'source {REPO}/pbs/megatron.sh; PBS_NODEFILE={nodefile}; PBS_JOBID=4711; SLURM_JOB_ID=4711; '
               'GPUS_PER_NODE=8 LAUNCHER=torchrun TRAIN_PYTHON=python3 REPO_DIR=/repo; '
               'job_gpus; job_launcher; megatron_launch pretrain_gpt.py; printf "%s\\n" "${launch[@]}"')
-    launch = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert launch[:7] == ["srun", "--nodes", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1", "bash"]
-    assert launch[7:13] == ["/repo/pbs/torchrun_node.sh", "python3", "2", "8", "gpu01", str(10000 + 4711)]
+    line = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert line[:7] == ["srun", "--nodes", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1", "bash"]
+    assert line[7:13] == ["/repo/pbs/torchrun_node.sh", "python3", "2", "8", "gpu01", str(10000 + 4711)]
     # without Slurm torchrun stays on one node
     outside = subprocess.run(["bash", "-c", script.replace("SLURM_JOB_ID=4711; ", "")], capture_output=True,
                              text=True)

@@ -5,53 +5,13 @@ import json
 import os
 import socket
 
-import pytest
 
 from conftest import REPO, write_executable
 from pipeline.megatron_ckpt import TRACKER
-from pipeline.midtrain import init_run
-from train_helpers import (data_list, fake_env_dir, fake_megatron, fake_mpirun, pretrained_checkpoint,
-                           read_json, write_tokenized)
+from train_helpers import PREFIXES, TASK, V4, fake_megatron, read_json
 
-V4 = "7.7b_v4_3.5t_tokenizer_v3.1"
-TASK = "v4-dolmino-mix-1124"
 PBS = ["SCHEDULER=pbs", "PBS_GROUP=g", "PBS_QUEUE=rt_HF"]
 CONVERT = ["CONVERTER=native", "VOCAB_SIZE=99"]      # make convert's CPU converter: no Megatron needed
-PREFIXES = {"dolmino-mix-1124-v3.1-tokenized/dclm/dclm-0000-0009_text_document": 40,
-            "dolmino-mix-1124-v3.1-tokenized/math/gsm8k-all_text_document": 25,
-            "dolmino-mix-1124-v3.1-tokenized/wiki/wiki-all_text_document": 9}
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    return pretrained_checkpoint(tmp_path_factory)
-
-
-class Setup:
-    def __init__(self, exp, tmp, pretrained):
-        self.exp, self.tmp, self.pretrained = exp, tmp, pretrained
-        self.list = data_list(tmp / "train_data_50B.sh", write_tokenized(exp, PREFIXES))
-        self.tokenizer = tmp / "tok" / "llm-jp-tokenizer-100k.ver3.1.model"
-        self.tokenizer.parent.mkdir()
-        self.tokenizer.write_bytes(b"sentencepiece")
-        self.megatron = fake_megatron(tmp / "Megatron-LM")
-
-    def knobs(self, **extra) -> list[str]:
-        values = {"TASK": TASK, "PARAM": V4, "SIZE": "50B", "DATA_LIST": str(self.list),
-                  "TOKENIZER_MODEL": str(self.tokenizer), "MEGATRON_PATH": str(self.megatron), **extra}
-        return [f"{k}={v}" for k, v in values.items()]
-
-    def run(self, seed, task=TASK, param=V4, size="50B"):
-        return self.exp / "runs" / task / param / size / f"seed{seed}"
-
-    def init(self, *seeds, **kw):
-        for seed in seeds:
-            init_run(self.run(seed, **kw), self.pretrained)
-
-
-@pytest.fixture
-def setup(exp_dir, tmp_path, pretrained):
-    return Setup(exp_dir, tmp_path, pretrained)
 
 
 def test_pbs_train_is_one_submission_with_resources_and_dependency(make, fake_pbs, setup):
@@ -176,19 +136,6 @@ def test_curriculum_chain_waits_for_the_earlier_stage(make, fake_pbs, setup):
     orphan = make("chain", *setup.knobs(PARAM=f"{V4}_curriculum", TASK="v4-megamath-pro-max", SIZE="80B"), *PBS,
                   "SEEDS=666", *CONVERT, f"SOUP_CONFIG_DIR={setup.tmp / 'merge'}", check=False)
     assert orphan.returncode != 0 and "earlier stage has no checkpoint yet and no live train job" in orphan.stderr
-
-
-@pytest.fixture
-def launch(setup, tmp_path, monkeypatch):
-    """A fake mpirun and python on PATH, and an ENV_DIR whose activate.sh sets MEGATRON_PATH."""
-    bin_dir = tmp_path / "bin"
-    fake_mpirun(bin_dir)
-    write_executable(bin_dir / "python", (bin_dir / "mpirun").read_text())
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    record = tmp_path / "launch.json"
-    monkeypatch.setenv("FAKE_MPIRUN_RECORD", str(record))
-    env = fake_env_dir(tmp_path / "env", fake_megatron(tmp_path / "env" / "src" / "Megatron-LM"))
-    return env, record
 
 
 def test_local_train_launches_megatron_with_the_resolved_arguments(make, setup, launch):

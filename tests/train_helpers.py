@@ -160,3 +160,46 @@ def fake_env_dir(folder: Path, megatron: Path) -> Path:
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
+
+
+V4 = "7.7b_v4_3.5t_tokenizer_v3.1"
+TASK = "v4-dolmino-mix-1124"
+PREFIXES = {"dolmino-mix-1124-v3.1-tokenized/dclm/dclm-0000-0009_text_document": 40,
+            "dolmino-mix-1124-v3.1-tokenized/math/gsm8k-all_text_document": 25,
+            "dolmino-mix-1124-v3.1-tokenized/wiki/wiki-all_text_document": 9}
+
+
+class TrainSetup:
+    """What make train needs in tests: tokenized data and its list, a tokenizer file, a fake Megatron, and
+    runs initialised from a pretrained checkpoint (the `setup` fixture of conftest.py)."""
+
+    def __init__(self, exp, tmp, pretrained):
+        self.exp, self.tmp, self.pretrained = exp, tmp, pretrained
+        self.list = data_list(tmp / "train_data_50B.sh", write_tokenized(exp, PREFIXES))
+        self.tokenizer = tmp / "tok" / "llm-jp-tokenizer-100k.ver3.1.model"
+        self.tokenizer.parent.mkdir()
+        self.tokenizer.write_bytes(b"sentencepiece")
+        self.megatron = fake_megatron(tmp / "Megatron-LM")
+
+    def knobs(self, **extra) -> list[str]:
+        values = {"TASK": TASK, "PARAM": V4, "SIZE": "50B", "DATA_LIST": str(self.list),
+                  "TOKENIZER_MODEL": str(self.tokenizer), "MEGATRON_PATH": str(self.megatron), **extra}
+        return [f"{k}={v}" for k, v in values.items()]
+
+    def run(self, seed, task=TASK, param=V4, size="50B"):
+        return self.exp / "runs" / task / param / size / f"seed{seed}"
+
+    def init(self, *seeds, **kw):
+        from pipeline.midtrain import init_run
+        for seed in seeds:
+            init_run(self.run(seed, **kw), self.pretrained)
+
+
+def fake_launch(bin_dir: Path, env_root: Path, record: Path) -> dict[str, str]:
+    """A fake mpirun and python in bin_dir, and an ENV_DIR whose activate.sh sets MEGATRON_PATH; returns the
+    environment changes that put them first on PATH and make the launch recorded into `record`."""
+    import os
+    fake_mpirun(bin_dir)
+    write_executable(bin_dir / "python", (bin_dir / "mpirun").read_text())
+    fake_env_dir(env_root, fake_megatron(env_root / "src" / "Megatron-LM"))
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_MPIRUN_RECORD": str(record)}

@@ -109,7 +109,9 @@ def convert_options(args: argparse.Namespace, seed: int, iteration: int, depend:
         "--tokenizer-model", args.tokenizer_model, "--env-dir", args.env_dir, "--megatron-path", args.megatron_path,
         "--train-python", args.train_python, "--launcher", args.launcher, "--iter", str(iteration),
         *args.convert_opt, "--scheduler", args.scheduler, "--group", args.group, "--queue", args.queue,
-        "--cpu-queue", args.cpu_queue, "--rtype", args.rtype, "--depend", depend, "--nodes", "1",
+        "--cpu-queue", args.cpu_queue, "--rtype", args.rtype, "--account", args.account,
+        "--partition", args.partition, "--slurm-gpus-per-node", args.slurm_gpus_per_node, "--depend", depend,
+        "--nodes", "1",
         "--parallel", str(args.parallel), "--walltime", args.convert_walltime, "--gpus-per-node", args.gpus_per_node,
         "--launcher-knob", args.launcher_knob or "auto", "--master-port", args.master_port])
 
