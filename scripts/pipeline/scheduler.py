@@ -423,19 +423,29 @@ def submit_pbs(job: Job, args: "SchedulerOptions", exp: Path) -> str:
     if args.dry_run:
         print(shlex.join(cmd))
         return ""
+    return submit_batch(job, exp, cmd, "pbs")
+
+
+BATCH_NAMES = {"pbs": ("PBS", "qstat -u $USER"), "slurm": ("Slurm", "squeue --me")}
+
+
+def submit_batch(job: Job, exp: Path, cmd: list[str], scheduler: str, env: dict[str, str] | None = None) -> str:
+    """Run a submission command (qsub, sbatch) whose stdout ends with the job id; record the job."""
+    tool, (name, look) = cmd[0], BATCH_NAMES[scheduler]
     logs_dir(exp).mkdir(parents=True, exist_ok=True)
-    result = run_pbs(cmd, f"submitting {job.template.name} as {job.name}",
-                     missing="qsub not found on PATH: SCHEDULER=pbs must run on a PBS login node (or use "
-                             "SCHEDULER=local)",
-                     after_timeout="The job may have been queued all the same: look with qstat -u $USER before "
+    result = run_pbs(cmd, f"submitting {job.template.name} as {job.name}", env=env,
+                     missing=f"{tool} not found on PATH: SCHEDULER={scheduler} must run on a {name} login node "
+                             f"(or use SCHEDULER=local)",
+                     after_timeout=f"The job may have been queued all the same: look with {look} before "
                                    "submitting again. ")
     if result.returncode != 0:
         message = (result.stderr or result.stdout).strip()
-        fail(f"qsub failed (exit {result.returncode}) for {job.template.name}: {message}")
-    job_id = result.stdout.strip().splitlines()[-1].strip() if result.stdout.strip() else ""
+        fail(f"{tool} failed (exit {result.returncode}) for {job.template.name}: {message}")
+    lines = result.stdout.strip().splitlines()
+    job_id = lines[-1].split(";")[0].strip() if lines else ""   # sbatch --parsable: ID or ID;CLUSTER
     if not JOB_ID.match(job_id):
-        fail(f"qsub printed {result.stdout!r}, not a job id")
-    record(exp, {"time": now_iso(), "scheduler": "pbs", "template": str(job.template), "name": job.name,
+        fail(f"{tool} printed {result.stdout!r}, not a job id")
+    record(exp, {"time": now_iso(), "scheduler": scheduler, "template": str(job.template), "name": job.name,
                  "variables": job.variables, "depend": job.depend, "array": job.array, "nodes": job.nodes,
                  "job_id": job_id, "git_commit": git_commit(), "command": cmd})
     return job_id
@@ -479,25 +489,9 @@ def submit_slurm(job: Job, options: SchedulerOptions, exp: Path) -> str:
     if options.dry_run:
         print(shlex.join(["env", *(f"{k}={v}" for k, v in job.variables.items()), *cmd]))
         return ""
-    logs_dir(exp).mkdir(parents=True, exist_ok=True)
     # a job id from the environment of this process (make run inside a job) must not pass for the new job's
     env = {k: v for k, v in os.environ.items() if k not in JOB_IDENTITY} | job.variables
-    result = run_pbs(cmd, f"submitting {job.template.name} as {job.name}", env=env,
-                     missing="sbatch not found on PATH: SCHEDULER=slurm must run on a Slurm login node (or use "
-                             "SCHEDULER=local)",
-                     after_timeout="The job may have been queued all the same: look with squeue --me before "
-                                   "submitting again. ")
-    if result.returncode != 0:
-        message = (result.stderr or result.stdout).strip()
-        fail(f"sbatch failed (exit {result.returncode}) for {job.template.name}: {message}")
-    lines = result.stdout.strip().splitlines()
-    job_id = lines[-1].split(";")[0].strip() if lines else ""   # --parsable: ID or ID;CLUSTER
-    if not JOB_ID.match(job_id):
-        fail(f"sbatch printed {result.stdout!r}, not a job id")
-    record(exp, {"time": now_iso(), "scheduler": "slurm", "template": str(job.template), "name": job.name,
-                 "variables": job.variables, "depend": job.depend, "array": job.array, "nodes": job.nodes,
-                 "job_id": job_id, "git_commit": git_commit(), "command": cmd})
-    return job_id
+    return submit_batch(job, exp, cmd, "slurm", env)
 
 
 def _local_env(job: Job, job_id: str, nodefile: Path, index: int | None) -> dict[str, str]:
