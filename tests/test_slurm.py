@@ -51,11 +51,11 @@ def test_the_data_chain_as_dependent_jobs_gives_the_bytes_of_a_local_run(slurm_c
         run_script("demo_data", "--output", str(exp / DATASET), "--docs", "5", folder=DEMO)
     make("data", *knobs(local))
 
+    # every job submitted at once, each after the one before; tokenize, submitted while merge has not run,
+    # is one job that plans when it starts
     extract = make("-s", "extract", *knobs(slurm, *SLURM, "EXTRACT_CHUNKS=3")).stdout.strip()
     merge = make("-s", "merge", *knobs(slurm, *SLURM, f"DEPEND=afterok:{extract}")).stdout.strip()
-    # tokenize plans from what merge wrote, so it is submitted once merge has finished
-    assert slurm_cluster.wait([merge]) == {merge: "COMPLETED"}
-    tokenize = make("-s", "tokenize", *knobs(slurm, *SLURM)).stdout.strip()
+    tokenize = make("-s", "tokenize", *knobs(slurm, *SLURM, f"DEPEND=afterok:{merge}")).stdout.strip()
     counted = submit(slurm, REPO / "pbs" / "run_step.pbs", "count", "--var", "STEP=count", "--var",
                      f"STEP_ARGS=--exp-dir {slurm} --task demo --tokenizer-name tiny --out-dir {slurm / 'task'}",
                      "--depend", f"afterok:{tokenize}")
@@ -63,7 +63,13 @@ def test_the_data_chain_as_dependent_jobs_gives_the_bytes_of_a_local_run(slurm_c
                    f"STEP_ARGS=--task demo --size demo --param tiny --out-dir {slurm / 'task'}",
                    "--depend", f"afterok:{counted}")
     states = slurm_cluster.wait([extract, merge, tokenize, counted, mixed])
-    assert set(states.values()) == {"COMPLETED"} and len(states) >= 3 + 1 + 2 + 1 + 1, states
+    assert set(states.values()) == {"COMPLETED"} and len(states) == 3 + 1 + 1 + 1 + 1, states
+    # with merge done, tokenize is an array of one index per file: the same bytes again
+    array = make("-s", "tokenize", *knobs(slurm, *SLURM, "TOKENIZER_NAME=again")).stdout.strip()
+    indices = slurm_cluster.wait([array])
+    assert len(indices) > 1 and set(indices.values()) == {"COMPLETED"}, indices
+    assert {k: v for k, v in files_of(slurm / f"{DATASET}-again-tokenized").items() if not k.endswith(".json")} \
+        == {k: v for k, v in files_of(local / f"{DATASET}-tiny-tokenized").items() if not k.endswith(".json")}
 
     for tree in (f"{DATASET}-extracted-merged", f"{DATASET}-tiny-tokenized"):
         ours = {k: v for k, v in files_of(slurm / tree).items() if not k.endswith(".json")}
@@ -74,7 +80,8 @@ def test_the_data_chain_as_dependent_jobs_gives_the_bytes_of_a_local_run(slurm_c
         assert (slurm / "task" / name).read_text().replace(str(slurm), "EXP") == \
             (local / "task" / name).read_text().replace(str(local), "EXP"), name
     jobs = [json.loads(line) for line in (slurm / "jobs.jsonl").read_text().splitlines()]
-    assert [j["scheduler"] for j in jobs] == ["slurm"] * 5 and jobs[0]["array"] == "0-2"
+    assert [j["scheduler"] for j in jobs] == ["slurm"] * 6 and jobs[0]["array"] == "0-2"
+    assert "PLAN_ARGS" in jobs[2]["variables"] and jobs[5]["array"] == f"0-{len(indices) - 1}"
 
 
 def test_a_failed_job_leaves_its_dependents_unrun_and_status_says_so(slurm_cluster, make, exp_dir, tmp_path):

@@ -171,3 +171,18 @@ def test_make_data_runs_extract_to_mix_in_order(make, exp_dir, model, tmp_path):
     order = [result.stdout.index(marker) for marker in steps]
     assert order == sorted(order) and result.stdout.index("scripts/mix.py") > order[-1]
     assert (out / "train_data.all.sh").is_file() and (out / "train_data_demo.sh").is_file()
+
+
+def test_tokenize_after_a_pending_merge_is_one_job_that_plans_when_it_starts(make, exp_dir, model, fake_pbs):
+    # merge has not run yet: the files are not known, so no array can be sized
+    result = make("-s", "tokenize", "SCHEDULER=pbs", "PBS_GROUP=g", "PBS_QUEUE=q", f"TOKENIZER_MODEL={model}",
+                  "TOKENIZER_NAME=tiny", "DEPEND=afterok:12.pbs1")
+    sub = fake_pbs.submissions()[-1]
+    assert result.stdout.strip() == sub["job_id"] and sub["depend"] == [["afterok", ["12.pbs1"]]]
+    assert "PLAN" not in sub["variables"] and "-J" not in sub["argv"]
+    # what the job runs once merge is done: every file, as the array would
+    make_merged(exp_dir)
+    run_script("tokenize_dataset", "run-all", "--exp-dir", str(exp_dir), "--plan-args", sub["variables"]["PLAN_ARGS"],
+               "--workers", "1")
+    assert (state(exp_dir, "tokenize-tiny") / "done.json").is_file()
+    assert len(list(tokenized(exp_dir).rglob("*_text_document.bin"))) == len(FILES)

@@ -176,6 +176,25 @@ def submit_plan(plan: Plan, exp: Path, dataset: str, tokenizer_name: str, *, wor
     return submit(job, replace(options, parallel=1), exp)
 
 
+def submit_when_merged(exp: Path, dataset: str, tokenizer_name: str, plan_args: list[str], *, workers: int,
+                       walltime: str, depend: str, nodes: int, options) -> tuple[int, str | None]:
+    """While the merge this depends on (DEPEND) has not finished, the files to tokenize are not known yet:
+    one pbs/tokenize.pbs job, after DEPEND, plans when it starts and tokenizes every entry in turn."""
+    import shlex
+    from dataclasses import replace
+
+    from pipeline.scheduler import make_job, submit
+    job = make_job("pbs/tokenize.pbs", f"tokenize-{dataset}-{tokenizer_name}",
+                   {"PLAN_ARGS": shlex.join(plan_args), "WORKERS": str(workers)}, exp, depend=depend, nodes=nodes,
+                   walltime=walltime)
+    return submit(job, replace(options, parallel=1), exp)
+
+
+def run_every_item(plan: Plan, workers: int, show_progress: bool = True) -> list[str]:
+    """Tokenize every entry of a plan, one after another (each with all `workers`)."""
+    return [run_plan_item(plan.path, index, workers, show_progress) for index in range(len(plan.todo))]
+
+
 def load_plan(path: Path) -> dict:
     plan = read_json(path)
     if plan is None:
