@@ -112,7 +112,7 @@ def write_executable(path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """A real one-node Slurm cluster (tests/slurm_cluster.py), started once per test session; SLURM_CONF
+    """A real Slurm cluster of two nodes (tests/slurm_cluster.py), started once per test session; SLURM_CONF
     points every sbatch/squeue/scancel of the tests and the makes they run at it."""
     from slurm_cluster import SlurmCluster
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))

@@ -1,7 +1,12 @@
-"""A real one-node Slurm cluster on this machine for the tests (Debian's slurm-wlm and munge; `.ci/run`
-installs them): munged, slurmctld and slurmd started as root from a generated slurm.conf in a folder of their
-own (own ports, own munge socket and key, no cgroups: processes are tracked as Linux processes), stopped
-afterwards. `SlurmCluster.start` returns why it cannot run instead of raising, so the tests can skip.
+"""A real Slurm cluster on this machine for the tests (Debian's slurm-wlm and munge; `.ci/run` installs them):
+munged, slurmctld and one slurmd per node started as root from a generated slurm.conf in a folder of their own
+(own ports, own munge socket and key, no cgroups: processes are tracked as Linux processes), stopped afterwards.
+`SlurmCluster.start` returns why it cannot run instead of raising, so the tests can skip.
+
+Two nodes, node1 and node2, each a slurmd of its own (`slurmd -N`): a job of two nodes gets a real node list
+and srun starts one task on each. The daemons run in a mount namespace of their own whose /etc/hosts also
+names node1 and node2 (this machine), so what a job starts on one node reaches the other under its node
+name, as on a real cluster. Where no such namespace can be made, one node named as this machine.
 """
 from __future__ import annotations
 
@@ -14,8 +19,9 @@ import time
 from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo")
+CLIENTS = ("sbatch", "squeue", "scancel", "scontrol", "sinfo", "srun")
 START_TIMEOUT_S = 30.0
+NODES = ("node1", "node2")
 
 
 def free_port() -> int:
@@ -24,12 +30,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def own_hosts_namespace() -> bool:
+    """Whether this process may start programs in a mount namespace with an /etc/hosts of its own."""
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
 class SlurmCluster:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.conf = folder / "slurm.conf"
         self.munge_socket = folder / "munge" / "socket"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        self.host = socket.gethostname().split(".")[0]
+        self.namespace = own_hosts_namespace()
+        self.nodes = list(NODES) if self.namespace else [self.host]
 
     @staticmethod
     def binary(name: str) -> str:
@@ -45,31 +62,32 @@ class SlurmCluster:
         return ""
 
     def write_config(self) -> None:
-        host = socket.gethostname().split(".")[0]
-        for sub in ("state", "spool", "log", "munge"):
+        host = self.host
+        for sub in ("state", "log", "munge", *(f"spool/{node}" for node in self.nodes)):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         (self.folder / "munge").chmod(0o700)
         key = self.folder / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         f = self.folder
+        nodes = [f"NodeName={name} NodeAddr=127.0.0.1 Port={free_port()} "
+                 f"CPUs={os.cpu_count() or 1} State=UNKNOWN" for name in self.nodes]
         self.conf.write_text("\n".join([
             "ClusterName=pipelinetest", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
-            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
+            f"SlurmctldPort={free_port()}",
             "AuthType=auth/munge", f"AuthInfo=socket={self.munge_socket}",
-            f"StateSaveLocation={f}/state", f"SlurmdSpoolDir={f}/spool",
-            f"SlurmctldPidFile={f}/slurmctld.pid", f"SlurmdPidFile={f}/slurmd.pid",
-            f"SlurmctldLogFile={f}/log/slurmctld.log", f"SlurmdLogFile={f}/log/slurmd.log",
+            f"StateSaveLocation={f}/state", f"SlurmdSpoolDir={f}/spool/%n",
+            f"SlurmctldPidFile={f}/slurmctld.pid", f"SlurmdPidFile={f}/slurmd-%n.pid",
+            f"SlurmctldLogFile={f}/log/slurmctld.log", f"SlurmdLogFile={f}/log/slurmd-%n.log",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none", "MpiDefault=none",
             "SchedulerType=sched/backfill", "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
             # finished jobs stay visible to squeue (no accounting database here); scancel's SIGKILL comes soon
             "ReturnToService=2", "MinJobAge=3600", "KillWait=5",
-            f"NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count() or 1} State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+            *nodes, "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
 
     def start(self) -> str:
-        """Start the daemons; returns '' when the node is idle, else why it did not come up."""
+        """Start the daemons; returns '' when every node is idle, else why it did not come up."""
         why = self.why_not()
         if why:
             return why
@@ -77,7 +95,9 @@ class SlurmCluster:
         m = self.folder / "munge"
         commands = [[self.binary("munged"), "--force", f"--socket={self.munge_socket}", f"--key-file={m}/munge.key",
                      f"--pid-file={m}/pid", f"--log-file={m}/log", f"--seed-file={m}/seed"],
-                    [self.binary("slurmctld"), "-f", str(self.conf)], [self.binary("slurmd"), "-f", str(self.conf)]]
+                    self.in_namespace([self.binary("slurmctld"), "-f", str(self.conf)]),
+                    *(self.in_namespace([self.binary("slurmd"), "-f", str(self.conf), "-N", name])
+                      for name in self.nodes)]
         for cmd in commands:
             result = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
             if result.returncode != 0:
@@ -85,21 +105,40 @@ class SlurmCluster:
                 return f"{Path(cmd[0]).name} did not start (exit {result.returncode}): {result.stderr.strip()[-300:]}"
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            state = subprocess.run([self.binary("sinfo"), "-h", "-o", "%T"], capture_output=True, text=True,
+            state = subprocess.run([self.binary("sinfo"), "-h", "-N", "-o", "%T"], capture_output=True, text=True,
                                    env=self.env)
-            if state.stdout.strip() == "idle":
+            if state.stdout.split() == ["idle"] * len(self.nodes):
                 return ""
             time.sleep(0.25)
         self.stop()
-        return f"the Slurm node did not become idle within {START_TIMEOUT_S:g} s (logs in {self.folder}/log)"
+        return f"the Slurm nodes did not become idle within {START_TIMEOUT_S:g} s (logs in {self.folder}/log)"
+
+    def in_namespace(self, cmd: list[str]) -> list[str]:
+        """cmd started in a new mount namespace whose /etc/hosts adds the node names (the daemon it starts, and
+        every job step it runs, stays there; the rest of the machine does not see it)."""
+        if not self.namespace:
+            return cmd
+        hosts = self.folder / "hosts"
+        if not hosts.exists():
+            original = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
+            hosts.write_text(f"{original.rstrip()}\n127.0.0.1 {' '.join(self.nodes)}\n")
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts), *cmd]
 
     def stop(self) -> None:
-        for name in ("slurmd.pid", "slurmctld.pid", "munge/pid"):
+        for name in (*(f"slurmd-{node}.pid" for node in self.nodes), "slurmctld.pid", "munge/pid"):
             pid_file = self.folder / name
             try:
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
             except (OSError, ValueError):
                 pass
+
+    def job_nodes(self, job_id: str) -> list[str]:
+        """The nodes a job ran on, in the order of its node list (scontrol show hostnames)."""
+        listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%N", "-j", job_id], capture_output=True,
+                                text=True, env=self.env, check=True).stdout.strip()
+        return subprocess.run(["scontrol", "show", "hostnames", listed], capture_output=True, text=True,
+                              env=self.env, check=True).stdout.split()
 
     def wait(self, job_ids: list[str], timeout: float = 120.0) -> dict[str, str]:
         """Wait until none of the jobs is pending (other than on a dependency that can never be met) or

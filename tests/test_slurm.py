@@ -1,13 +1,15 @@
-"""SCHEDULER=slurm on a real one-node Slurm cluster (tests/slurm_cluster.py, started once per session): the
+"""SCHEDULER=slurm on a real Slurm cluster of two nodes (tests/slurm_cluster.py, started once per session): the
 demo's data chain as dependent jobs gives the bytes SCHEDULER=local gives, a failed job leaves its dependents
 unrun and make status says so, an array runs every index, scancel leaves no output under its final name,
-a value with commas, spaces and quotes reaches the job as it is, and a live train job is found.
+a value with commas, spaces and quotes reaches the job as it is, a live train job is found, a training job
+on two nodes forms one process group, and make chain's jobs run init, train, convert and soup in order.
 Skipped, with the reason, where Slurm is not installed or cannot be started (it needs root)."""
 from __future__ import annotations
 
 import json
-import socket
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from conftest import DEMO, REPO, run_script
 from tokenize_helpers import corpus_texts, tiny_sp_model, write_jsonl
+from train_helpers import data_list, distributed_megatron, write_tokenized
 
 SLURM = ("SCHEDULER=slurm", "SLURM_ACCOUNT=testaccount", "SLURM_PARTITION=debug")
 DATASET = "dolmino-mix-1124"
@@ -167,11 +170,72 @@ def test_a_train_job_runs_under_slurm_on_the_node_list(slurm_cluster, make, setu
     assert slurm_cluster.wait([job]) == {job: "COMPLETED"}
     call = json.loads(record.read_text())
     assert call["argv"][3:7] == ["-np", "2", "--npernode", "2"]
-    assert call["env"]["MASTER_ADDR"] == socket.gethostname().split(".")[0]
+    assert call["env"]["MASTER_ADDR"] == slurm_cluster.job_nodes(job)[0]
     resolved = json.loads((setup.run(42) / "train_args.json").read_text())
     assert resolved["resolved_at"] == f"job {job}" and resolved["world_size"] == 2
     again = make("train", *knobs, *SLURM, f"ENV_DIR={env_dir}", "GPUS_PER_NODE=2", check=False)
     assert again.returncode == 0, again.stderr    # finished: not a live job
+
+
+def test_two_nodes_start_one_torchrun_each_that_meet_at_the_first_node(slurm_cluster, make, setup):
+    if len(slurm_cluster.nodes) < 2:
+        pytest.skip("this Slurm has one node (no mount namespace could name a second)")
+    setup.init(42)
+    megatron = distributed_megatron(setup.tmp / "Megatron-dist", "llmjp-v4")
+    job = make("train", "-s", *setup.knobs(MEGATRON_PATH=megatron), *SLURM, "NODES=2", "LAUNCHER=torchrun",
+               "GPUS_PER_NODE=1", f"TRAIN_PYTHON={sys.executable}").stdout.strip()
+    assert slurm_cluster.wait([job], timeout=240) == {job: "COMPLETED"}, (setup.run(42) / f"train-{job}.err")
+    nodes = slurm_cluster.job_nodes(job)
+    assert nodes == ["node1", "node2"]
+    run = setup.run(42)
+    ranks = [json.loads((run / f"launch-rank{rank}.json").read_text()) for rank in (0, 1)]
+    # srun started one torchrun per node, node rank = the node's place in the list; its two workers formed
+    # one process group at the first node's name
+    assert {(r["node_rank"], r["node"]) for r in ranks} == {("0", "node1"), ("1", "node2")}
+    assert all(r["world_size"] == 2 and r["sum"] == 1 + 2 and r["master_addr"] == "node1" for r in ranks)
+    resolved = json.loads((run / "train_args.json").read_text())
+    assert resolved["world_size"] == 2 and resolved["launcher"] == "torchrun"
+    assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == str(resolved["train_iters"])
+
+
+UPSTREAM = Path(__file__).resolve().parent / "data" / "upstream_ckpt"
+
+
+def test_chain_runs_init_train_convert_and_soup_as_dependent_jobs(slurm_cluster, make, exp_dir, tmp_path):
+    """make chain under Slurm on a checkpoint written by upstream Megatron-LM: every job of the training half
+    through sbatch with afterok, each doing its real work but the training itself (the stand-in saves the
+    start checkpoint as its final iteration), so each seed's conversion equals converting the base."""
+    from gpu.gpu_check import hf_tokenizer_folder
+    from pipeline.convert_native import convert_checkpoint
+    from safetensors.torch import load_file
+
+    base = Path(shutil.copytree(UPSTREAM / "mid-seed1", tmp_path / "base",
+                                ignore=shutil.ignore_patterns("train_args.json")))
+    prefixes = {"data/a_text_document": 1500, "data/b_text_document": 600}   # 2,100 tokens: 3 iterations
+    listed = data_list(tmp_path / "train_data_mid.sh", write_tokenized(exp_dir, prefixes))
+    tokenizer = hf_tokenizer_folder(UPSTREAM / "tokenizer.model", tmp_path / "hf-tokenizer")
+    megatron = distributed_megatron(tmp_path / "Megatron-LM", "upstream")
+    soup = make("chain", "-s", *SLURM, "TASK=t", "PARAM=tiny", "SIZE=mid", "SEEDS=1 2", f"BASE_CKPT={base}",
+                f"DATA_LIST={listed}", f"TOKENIZER_MODEL={tokenizer / 'tokenizer.model'}",
+                f"MEGATRON_PATH={megatron}", f"TRAIN_PYTHON={sys.executable}", "LAUNCHER=torchrun",
+                "GPUS_PER_NODE=1", "CONVERTER=native", f"HF_TOKENIZER_DIR={tokenizer}", "CONVERT_DTYPE=fp32",
+                "SOUP_NAME=slurm-soup", f"SOUP_CONFIG_DIR={tmp_path / 'merge'}").stdout.strip()
+    jobs = [json.loads(line) for line in (exp_dir / "jobs.jsonl").read_text().splitlines()]
+    assert [j["template"].rsplit("/", 1)[1] for j in jobs] == ["run_step.pbs", "train.pbs", "convert.pbs"] * 2 \
+        + ["soup.pbs"] and jobs[-1]["job_id"] == soup
+    states = slurm_cluster.wait([j["job_id"] for j in jobs], timeout=400)
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    convert_checkpoint(UPSTREAM / "mid-seed1", tmp_path / "direct", tokenizer=tokenizer, dtype="fp32",
+                       show_progress=False, log=lambda _: None)
+    want = {name: tensor for f in sorted((tmp_path / "direct").glob("*.safetensors"))
+            for name, tensor in load_file(f).items()}
+    for seed in (1, 2):
+        converted = exp_dir / "runs" / "t" / "tiny" / "mid" / f"seed{seed}" / "checkpoints_hf" / "iter_0000003"
+        got = {name: tensor for f in sorted(converted.glob("*.safetensors")) for name, tensor in load_file(f).items()}
+        assert got.keys() == want.keys() and all(got[n].equal(want[n]) for n in want), seed
+    record = json.loads((exp_dir / "soups" / "slurm-soup" / "soup.json").read_text())
+    assert record["verification"]["tensors"] == len(want)
 
 
 # --- without a cluster -------------------------------------------------------------------------------

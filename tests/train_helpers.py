@@ -127,6 +127,39 @@ def fake_megatron(folder: Path, options: str = "llmjp-v4") -> Path:
     return folder
 
 
+def distributed_megatron(folder: Path, options: str = "upstream") -> Path:
+    """A stand-in checkout whose pretrain_gpt.py does what every Megatron rank does with its launch, without a
+    model: joins the torch.distributed group (gloo) that torchrun's variables describe, sums each rank's number
+    across it, and writes what it saw to launch-rank<N>.json in its working folder. Rank 0 then "trains": it
+    saves the checkpoint it was told to --load as the iteration of --train-iters under --save, with the
+    tracker, as Megatron's save would, so the jobs after training (convert, soup) have a real one to read."""
+    megatron = fake_megatron(folder, options)
+    (megatron / "pretrain_gpt.py").write_text(textwrap.dedent("""\
+        import json, os, shutil, sys
+        from pathlib import Path
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        total = torch.tensor([rank + 1])
+        dist.all_reduce(total)
+        seen = {"rank": rank, "world_size": world, "sum": int(total), "local_rank": os.environ["LOCAL_RANK"],
+                "node_rank": os.environ["GROUP_RANK"], "node": os.environ.get("SLURMD_NODENAME"),
+                "master_addr": os.environ["MASTER_ADDR"], "master_port": os.environ["MASTER_PORT"]}
+        Path(f"launch-rank{rank}.json").write_text(json.dumps(seen))
+        args = sys.argv[1:]
+        if rank == 0:
+            load, save, iters = (Path(args[args.index(f) + 1]) for f in ("--load", "--save", "--train-iters"))
+            loaded = (load / "latest_checkpointed_iteration.txt").read_text().strip()
+            shutil.copytree(load / f"iter_{int(loaded):07d}", save / f"iter_{int(str(iters)):07d}")
+            (save / "latest_checkpointed_iteration.txt").write_text(str(iters))
+        dist.barrier()
+        dist.destroy_process_group()
+        """))
+    return megatron
+
+
 def fake_mpirun(bin_dir: Path) -> Path:
     """An `mpirun` that records its argv and environment to $FAKE_MPIRUN_RECORD and prints a line."""
     return write_executable(bin_dir / "mpirun", textwrap.dedent("""\
