@@ -1,191 +1,16 @@
 #!/usr/bin/env python3
 """Where the pipeline stands: tables of the data stages, the submitted jobs, the training runs and soups.
 
-A stage is `done` when its sentinel EXP_DIR/.state/<dataset>/<stage>/done.json exists, `partial`
-when its output folder has files but no sentinel (running, failed or killed), `missing` otherwise.
-Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states, under slurm `squeue`
-(then `sacct`).
-Each run under EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/ gets a row: the iteration its newest
-training log reached, the latest Megatron checkpoint, the Hugging Face conversions; each soup
-under EXP_DIR/soups/<SOUP_NAME>/ one more.
+What each table says, and where its states come from: pipeline/status_tables.py.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import re
-import sys
 from pathlib import Path
 
-from pipeline.errors import PipelineError, run_main
-from pipeline.megatron_ckpt import ITER_DIR, TRACKER, available_iterations
-from pipeline.megatron_log import find_logs, last_iteration
-from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
-from pipeline.scheduler import SCHEDULERS, job_states
-from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD, hf_checkpoints
-from pipeline.units import human_binary
-
-JOBS_SHOWN = 15
-
-
-def tree_size(folder: Path) -> tuple[int, int]:
-    """(files, bytes) below `folder`, not counting hidden folders such as the hub's .cache."""
-    files = total = 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            try:
-                total += os.stat(os.path.join(dirpath, name)).st_size
-            except FileNotFoundError:
-                continue
-            files += 1
-    return files, total
-
-
-def stage_rows(exp: Path, dataset: str, tokenizer_name: str) -> list[tuple[str, str, str, str]]:
-    stages = [("download", raw_dir(exp, dataset)), ("extract", extracted_dir(exp, dataset)),
-              ("merge", merged_dir(exp, dataset)),
-              (f"tokenize-{tokenizer_name}", tokenized_dir(exp, dataset, tokenizer_name))]
-    rows = []
-    for stage, folder in stages:
-        sentinel = state_dir(exp, dataset, stage) / "done.json"
-        files, size = tree_size(folder) if folder.is_dir() else (0, 0)
-        if sentinel.is_file():
-            state = "done"
-        elif files:
-            state = "partial"
-        else:
-            state = "missing"
-        detail = f"{files} files, {human_binary(size)}" if files else "-"
-        if state == "done" and not files:
-            detail = "removed after use (sentinel kept)"
-        rows.append((stage, state, detail, str(folder)))
-    return rows
-
-
-def read_jobs(exp: Path) -> list[dict]:
-    path = jobs_file(exp)
-    if not path.is_file():
-        return []
-    jobs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            jobs.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash mid-write; the rest are still worth showing
-    return jobs
-
-
-def scheduler_states(scheduler: str, job_ids: list[str]) -> dict[str, str]:
-    try:
-        states = job_states(scheduler, job_ids, "show the job states")
-    except PipelineError as exc:     # the tables are still worth showing without the states
-        print(f"warning: {exc}", file=sys.stderr)
-        return {}
-    return {job_id: state.text for job_id, state in states.items()}
-
-
-def job_rows(exp: Path, scheduler: str) -> list[tuple[str, ...]]:
-    jobs = read_jobs(exp)[-JOBS_SHOWN:]
-    states = scheduler_states(scheduler, [j["job_id"] for j in jobs if j.get("scheduler") == scheduler])
-    rows = []
-    for job in jobs:
-        if job.get("scheduler") == "local":
-            state = "ok" if job.get("exit_status") == 0 else f"failed (exit {job.get('exit_status')})"
-        else:
-            state = states.get(job["job_id"], "submitted")
-        rows.append((job.get("time", "")[:19], job["job_id"], job.get("name", ""), state,
-                     job.get("depend") or ""))
-    return rows
-
-
-def find_runs(exp: Path) -> list[Path]:
-    return sorted(p for p in (exp / "runs").glob("*/*/*/seed*") if p.is_dir())
-
-
-def _iterations(values: list[int], shown: int = 3) -> str:
-    values = sorted(values)
-    listed = ", ".join(map(str, values[-shown:]))
-    return f"{len(values)}: {'..., ' if len(values) > shown else ''}{listed}"
-
-
-def _tracker(folder: Path) -> str:
-    tracker = folder / TRACKER
-    return tracker.read_text(encoding="utf-8", errors="replace").strip() if tracker.is_file() else ""
-
-
-def checkpoint_cell(run: Path) -> str:
-    """The iteration Megatron resumes from (its tracker file) and how many iter_NNNNNNN/ folders exist;
-    before the run saves anything, the start checkpoint `make init` prepared."""
-    folder = run / "checkpoints"
-    saved = available_iterations(folder) if folder.is_dir() else []
-    latest = _tracker(folder)
-    if latest:
-        return f"iter {latest} ({len(saved)} saved)"
-    if saved:
-        return f"iter {max(saved)}? (no {TRACKER})"
-    start = _tracker(run / "start")
-    return f"start only (init from iter {start})" if start else "-"
-
-
-def run_rows(exp: Path) -> list[tuple[str, ...]]:
-    rows = []
-    for run in find_runs(exp):
-        logs = find_logs(run)
-        record = last_iteration(logs)
-        if record is not None:
-            reached = f"{record.iteration}/{record.train_iters}"
-            if record.train_iters:
-                reached += f" ({100 * record.iteration / record.train_iters:.0f}%)"
-        else:
-            reached = "not started" if not logs else "no iteration yet"
-        hf = hf_checkpoints(run)
-        last_log = "-"
-        if logs:
-            newest = max(logs, key=lambda p: p.stat().st_mtime)
-            stamp = dt.datetime.fromtimestamp(newest.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
-            last_log = f"{newest.name} ({stamp})"
-        converting = [p for p in (run / "checkpoints_hf").glob("iter_*") if p.is_dir() and ITER_DIR.match(p.name)
-                      and not (p / "config.json").is_file()]
-        hf_cell = (_iterations(list(hf)) if hf else "-") + (f" (+{len(converting)} incomplete)" if converting else "")
-        rows.append(("/".join(run.relative_to(exp / "runs").parts), reached, checkpoint_cell(run), hf_cell,
-                     str(len(logs)), last_log))
-    return rows
-
-
-def soup_rows(exp: Path) -> list[tuple[str, ...]]:
-    folder = exp / "soups"
-    if not folder.is_dir():
-        return []
-    rows = []
-    names = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    merging = {m[1] for p in folder.iterdir() if (m := re.match(r"^\.(.+)\.tmp\.\d+$", p.name))}
-    for name in sorted(names | merging):
-        soup = folder / name
-        record_file = soup / SOUP_RECORD
-        if record_file.is_file():
-            try:
-                record = json.loads(record_file.read_text(encoding="utf-8"))
-            except ValueError:
-                record = {}
-            ingredients = record.get("ingredients") or []
-            detail = f"{len(ingredients)} models, {record.get('method', '?')}, {record.get('dtype') or '?'}"
-            rows.append((name, "done", detail, str(soup)))
-        elif soup.is_dir():
-            rows.append((name, "incomplete", f"no {SOUP_RECORD}", str(soup)))
-        else:
-            rows.append((name, "merging (or killed)", "-", str(folder / f".{name}.tmp.*")))
-    return rows
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in (header, tuple("-" * w for w in widths), *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+from pipeline.errors import run_main
+from pipeline.scheduler import SCHEDULERS
+from pipeline.status_tables import print_status
 
 
 def parse_args() -> argparse.Namespace:
@@ -200,30 +25,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    exp = args.exp_dir.resolve()
-    print(f"Pipeline status for {args.dataset} in {exp}\n")
-    print_table(("stage", "state", "outputs", "where"), stage_rows(exp, args.dataset, args.tokenizer_name))
-    rows = job_rows(exp, args.scheduler)
-    print()
-    if rows:
-        print(f"Jobs (last {JOBS_SHOWN} of {jobs_file(exp)}):")
-        print_table(("submitted", "job id", "name", "state", "depend"), rows)
-    else:
-        print("Jobs: none submitted yet")
-    runs = run_rows(exp)
-    print()
-    if runs:
-        print(f"Runs (under {exp / 'runs'}):")
-        print_table(("run", "iteration", "checkpoint", "hf conversions", "jobs", "last log"), runs)
-    else:
-        print(f"Runs: none under {exp / 'runs'}")
-    soups = soup_rows(exp)
-    print()
-    if soups:
-        print(f"Soups (under {exp / 'soups'}):")
-        print_table(("soup", "state", "models", "where"), soups)
-    else:
-        print(f"Soups: none under {exp / 'soups'}")
+    print_status(args.exp_dir.resolve(), args.dataset, args.tokenizer_name, args.scheduler)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def info_without_megatron(path) -> dict:
         import json, sys
         sys.modules["megatron"] = None
         sys.path.insert(0, {str(SCRIPTS)!r})
-        from ckpt_info import describe
+        from pipeline.ckpt_describe import describe
         print(json.dumps(describe({str(path)!r})))
     """)
     return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)

@@ -161,6 +161,19 @@ def test_rerun_is_skipped_then_redone_when_the_logs_grow(exp_dir):
     assert rows(out / "metrics.csv")[-1]["iteration"] == "80"
 
 
+def test_a_change_to_the_report_code_redoes_the_report(exp_dir, monkeypatch, tmp_path):
+    from pipeline import megatron_log, run_report
+    # the signature hashes the modules that hold the report's code, not the thin script
+    assert run_report.CODE == [Path(run_report.__file__).resolve(), Path(megatron_log.__file__).resolve()]
+    folder = make_run(exp_dir)
+    wanted = run_report.runs_from_args(exp_dir, [folder], None, None, None, [])
+    assert run_report.make_report(exp_dir, wanted, show_progress=False)[2]
+    assert not run_report.make_report(exp_dir, wanted, show_progress=False)[2]
+    code = tmp_path / "run_report.py"
+    code.write_text(Path(run_report.__file__).read_text() + "# changed\n")
+    monkeypatch.setattr(run_report, "CODE", [code, *run_report.CODE[1:]])
+    assert run_report.make_report(exp_dir, wanted, show_progress=False)[2]
+
 def test_restart_that_dies_early_drops_the_abandoned_iterations(exp_dir):
     # the second job resumes at 30 and logs only 40: the first job's 50 is from the abandoned trajectory
     folder = make_run(exp_dir, second=args_dump(seq_length=SEQ) + line(40, 4000.0, 120.0, 2.61, day=2))
@@ -209,14 +222,13 @@ def test_seq_length_from_the_flag_when_the_logs_have_no_argument_dump(exp_dir):
 
 
 def test_seq_length_from_the_params_file(exp_dir, monkeypatch, tmp_path):
-    import report
-    from pipeline import params
+    from pipeline import params, run_report
     monkeypatch.setattr(params, "PARAMS_DIR", tmp_path)
     (tmp_path / "tiny.yaml").write_text("seq_length: 1024\nglobal_batch_size: 8\n")
     folder = exp_dir / "runs" / Path(*RUN_PARTS) / "seed1"
     write_log(folder, "7.local", line(10, 1000.0, 400.0, 3.0))
-    out, text, written = report.make_report(exp_dir, report.runs_from_args(exp_dir, [folder], None, None, None, []),
-                                            show_progress=False)
+    out, text, written = run_report.make_report(
+        exp_dir, run_report.runs_from_args(exp_dir, [folder], None, None, None, []), show_progress=False)
     assert written and "x seq_length 1024" in text
     assert rows(out / "metrics.csv")[0]["tokens"] == str(10 * BATCH * 1024)
 

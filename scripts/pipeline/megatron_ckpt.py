@@ -342,6 +342,23 @@ def load_common_state(iter_dir: str | os.PathLike) -> dict:
     return state
 
 
+def load_torch_format_state(ckpt: Checkpoint) -> dict:
+    """The non-tensor state of rank 0's model_optim_rng.pt; tensors stay on disk (mmap)."""
+    import torch
+
+    files = sorted(ckpt.iter_dir.glob("mp_rank_*/model_optim_rng.pt"))
+    if not files:
+        fail(f"{ckpt.iter_dir}: no mp_rank_*/model_optim_rng.pt")
+    try:
+        state = torch.load(files[0], map_location="cpu", weights_only=False, pickle_module=stand_in_pickle,
+                           mmap=True)
+    except Exception as exc:  # noqa: BLE001  (any unpickling problem is the file's)
+        fail(f"{files[0]}: cannot read: {exc}")
+    if not isinstance(state, dict):
+        fail(f"{files[0]}: expected a dict, got {type(state).__name__}")
+    return {k: v for k, v in state.items() if k not in ("model", "model0", "model1")}
+
+
 def _torch_save_bytes(obj: Any, *, stand_ins: bool) -> bytes:
     import torch
     buffer = io.BytesIO()
