@@ -308,7 +308,7 @@ class Check:
     def soup_report_status(self) -> None:
         if self.needs("soup", "convert1", "convert2"):
             ok = self.make("soup", "soup-config", "soup", SIZE="mid", SEEDS=" ".join(map(str, SEEDS)),
-                           NAME="gpu-check-soup", SOUP_DTYPE="float32")
+                           SOUP_NAME="gpu-check-soup", SOUP_DTYPE="float32")
             record = self.work / "exp" / "soups" / "gpu-check-soup" / "soup.json"
             verified = json.loads(record.read_text()).get("verification", {}) if record.is_file() else {}
             self.row("soup", ok and bool(verified),
