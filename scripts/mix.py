@@ -9,15 +9,12 @@ numbers, machine-readable). Re-running leaves unchanged outputs untouched.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from pipeline.atomic import write_if_changed
-from pipeline.config import Section, load_yaml
-from pipeline.errors import fail, run_main
-from pipeline.mixture import ALL_LIST_NAME, load_task, render_mix_list, resolve
-from pipeline.mixture_report import render_chart, render_report, summary
-from pipeline.params import load_params
+from pipeline.errors import run_main
+from pipeline.mixture import all_lists, load_task, resolve
+from pipeline.mixture_report import write_mix
+from pipeline.params import batch_shape
 from pipeline.paths import TASKS_DIR
 
 
@@ -41,39 +38,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def batch_shape(param: str | None, seq_length: int | None, global_batch_size: int | None) -> tuple[int, int, str]:
-    """(seq_length, global_batch_size, where they came from)."""
-    if seq_length is not None and global_batch_size is not None:
-        return seq_length, global_batch_size, "--seq-length/--global-batch-size"
-    if not param:
-        fail("--param (PARAM=) is needed for the iterations, or both --seq-length and --global-batch-size")
-    if param.endswith((".yaml", ".yml")) or "/" in param:
-        params = Section(load_yaml(param), param)
-        source = param
-    else:
-        params = load_params(param)
-        source = f"params/{param}.yaml"
-    seq = seq_length if seq_length is not None else params.get("seq_length", int)
-    batch = global_batch_size if global_batch_size is not None else params.get("global_batch_size", int)
-    if seq_length is not None or global_batch_size is not None:
-        source += " with overrides"
-    return seq, batch, source
-
-
-def all_lists(values: list[str], task: str, out_dir: Path) -> dict[str, Path]:
-    lists: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if sep and "/" not in name:
-            lists[name] = Path(path)
-        else:
-            if task in lists:
-                fail(f"--all-list {value}: a second list for task {task}")
-            lists[task] = Path(value)
-    lists.setdefault(task, out_dir / ALL_LIST_NAME)
-    return lists
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = load_task(args.task, args.tasks_dir)
@@ -82,14 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     seq, batch, param = batch_shape(args.param, args.seq_length, args.global_batch_size)
     mix = resolve(config, args.size, all_lists(args.all_list, args.task, out_dir), args.tasks_dir)
     stem = f"train_data_{args.size}"
-    report = render_report(mix, config, seq, batch, param, f"{stem}.sh", f"{stem}.png")
-    record = summary(mix, seq, batch, param)
-    wrote = [name for name, content in (
-        (f"{stem}.sh", render_mix_list(mix)),
-        (f"{stem}.md", report),
-        (f"{stem}.json", json.dumps(record, indent=2, sort_keys=True) + "\n"),
-        (f"{stem}.png", render_chart(mix, seq, batch)),
-    ) if write_if_changed(out_dir / name, content)]
+    report, record, wrote = write_mix(mix, config, out_dir, stem, seq, batch, param)
     if not args.quiet:
         print(report)
     state = f"wrote {', '.join(wrote)}" if wrote else "unchanged"

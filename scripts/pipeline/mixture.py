@@ -349,6 +349,22 @@ def _check_repetitions(config: TaskConfig, rows: dict[tuple[str, str], SourceRow
                  f"max_repetitions {float(limit):g}")
 
 
+def all_lists(values: list[str], task: str, out_dir: Path) -> dict[str, Path]:
+    """Each task's all-files list from the --all-list values: PATH (this task) or TASK=PATH; this task's
+    defaults to <out_dir>/train_data.all.sh."""
+    lists: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and "/" not in name:
+            lists[name] = Path(path)
+        else:
+            if task in lists:
+                fail(f"--all-list {value}: a second list for task {task}")
+            lists[task] = Path(value)
+    lists.setdefault(task, out_dir / ALL_LIST_NAME)
+    return lists
+
+
 def resolve(config: TaskConfig, size_name: str, all_lists: dict[str, Path],
             tasks_dir: str | os.PathLike = TASKS_DIR, _stack: tuple[str, ...] = (),
             _configs: dict[str, TaskConfig] | None = None) -> Mixture:

@@ -5,11 +5,13 @@ this module only presents them. Everything is deterministic (no times), so re-ru
 """
 from __future__ import annotations
 
+import json
 import os
 from fractions import Fraction
 from pathlib import Path
 
-from pipeline.mixture import Mixture, SourceRow, TaskConfig, iterations
+from pipeline.atomic import write_if_changed
+from pipeline.mixture import Mixture, SourceRow, TaskConfig, iterations, render_mix_list
 from pipeline.paths import REPO_DIR
 
 
@@ -134,3 +136,18 @@ def summary(mix: Mixture, seq_length: int, global_batch_size: int, param: str) -
         "iterations": iterations(total, seq_length, global_batch_size),
         "sources": report_rows(mix),
     }
+
+
+def write_mix(mix: Mixture, config: TaskConfig, out_dir: Path, stem: str, seq: int, batch: int,
+              param: str) -> tuple[str, dict, list[str]]:
+    """<stem>.sh (the list), .md (the report), .json and .png into out_dir, each only if its bytes changed;
+    returns the report, the JSON record and the names written."""
+    report = render_report(mix, config, seq, batch, param, f"{stem}.sh", f"{stem}.png")
+    record = summary(mix, seq, batch, param)
+    wrote = [name for name, content in (
+        (f"{stem}.sh", render_mix_list(mix)),
+        (f"{stem}.md", report),
+        (f"{stem}.json", json.dumps(record, indent=2, sort_keys=True) + "\n"),
+        (f"{stem}.png", render_chart(mix, seq, batch)),
+    ) if write_if_changed(out_dir / name, content)]
+    return report, record, wrote

@@ -60,6 +60,25 @@ def load_params(name: str) -> Section:
     return Section(load_yaml(path), path)
 
 
+def batch_shape(param: str | None, seq_length: int | None, global_batch_size: int | None) -> tuple[int, int, str]:
+    """(seq_length, global_batch_size, where they came from)."""
+    if seq_length is not None and global_batch_size is not None:
+        return seq_length, global_batch_size, "--seq-length/--global-batch-size"
+    if not param:
+        fail("--param (PARAM=) is needed for the iterations, or both --seq-length and --global-batch-size")
+    if param.endswith((".yaml", ".yml")) or "/" in param:
+        params = Section(load_yaml(param), param)
+        source = param
+    else:
+        params = load_params(param)
+        source = f"params/{param}.yaml"
+    seq = seq_length if seq_length is not None else params.get("seq_length", int)
+    batch = global_batch_size if global_batch_size is not None else params.get("global_batch_size", int)
+    if seq_length is not None or global_batch_size is not None:
+        source += " with overrides"
+    return seq, batch, source
+
+
 def train_iterations(total_tokens: int, params: Section) -> int:
     """Iterations that draw `total_tokens` once with these params (pipeline.mixture.iterations)."""
     seq = params.get("seq_length", int)
