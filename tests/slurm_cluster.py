@@ -62,7 +62,6 @@ class SlurmCluster:
         return ""
 
     def write_config(self) -> None:
-        host = self.host
         for sub in ("state", "log", "munge", *(f"spool/{node}" for node in self.nodes)):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         (self.folder / "munge").chmod(0o700)
@@ -73,7 +72,7 @@ class SlurmCluster:
         nodes = [f"NodeName={name} NodeAddr=127.0.0.1 Port={free_port()} "
                  f"CPUs={os.cpu_count() or 1} State=UNKNOWN" for name in self.nodes]
         self.conf.write_text("\n".join([
-            "ClusterName=pipelinetest", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
+            "ClusterName=pipelinetest", f"SlurmctldHost={self.host}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
             f"SlurmctldPort={free_port()}",
             "AuthType=auth/munge", f"AuthInfo=socket={self.munge_socket}",
             f"StateSaveLocation={f}/state", f"SlurmdSpoolDir={f}/spool/%n",
