@@ -121,6 +121,8 @@ help: ## list the targets and the main knobs
 	@echo Knobs: EXP_DIR=$(call q,$(EXP_DIR)) SCHEDULER=$(SCHEDULER) DATASET=$(DATASET) TASK=$(TASK)
 	@echo '       'PARAM=$(call q,$(PARAM)) SIZE=$(SIZE) SEED=$(SEED) NODES=$(NODES) DEPEND=$(call q,$(DEPEND))
 	@echo "       PBS_GROUP PBS_QUEUE PBS_RTYPE WALLTIME TOKENIZER_MODEL MEGATRON_PATH ENV_DIR (no defaults)"
+	@echo "       HF_TOKENIZER_DIR (the Hugging Face tokenizer folder: make hf-tokenizer writes it, convert and soup"
+	@echo "       check it against TOKENIZER_MODEL) TOKENIZER_CHECK_DOCS (documents make hf-tokenizer checks too)"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up and checks
@@ -289,7 +291,7 @@ data: ## extract -> merge -> tokenize -> count -> mix, one after another here (S
 # ---------------------------------------------------------------------------------------------
 # Training: env -> init -> train (per seed) -> convert -> soup
 # ---------------------------------------------------------------------------------------------
-.PHONY: env env-check args init ckpt-info train train-seeds chain convert soup-config soup report
+.PHONY: env env-check args init ckpt-info train train-seeds chain hf-tokenizer convert soup-config soup report
 # env / env-check: ENV_CONFIG holds the pins; DRY_RUN=1 prints the installer's commands and runs nothing;
 # ENV_PYTHON checks that interpreter instead of ENV_DIR's venv; ENV_CHECK_ARGS e.g. --no-gpu on a login node
 ENV_CONFIG ?= $(REPO)/params/environment.toml
@@ -371,6 +373,17 @@ chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, cha
 		--soup-name $(call q,$(SOUP_NAME)) --soup-config-dir $(call q,$(SOUP_CONFIG_DIR)) \
 		--soup-var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --soup-var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
 		--soup-var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
+
+# hf-tokenizer: the Hugging Face tokenizer folder of TOKENIZER_MODEL, written to HF_TOKENIZER_DIR (default
+# EXP_DIR/hf-tokenizer/<TOKENIZER_NAME>) after its check id for id against SentencePiece (the probe set, plus the
+# documents of TOKENIZER_CHECK_DOCS: JSONL or text files); a folder it did not write is never replaced; FORCE=1 rebuilds.
+TOKENIZER_CHECK_DOCS ?=
+HF_TOKENIZER_OUT = $(or $(HF_TOKENIZER_DIR),$(EXP_DIR)/hf-tokenizer/$(TOKENIZER_NAME))
+hf-tokenizer: $(VENV_STAMP) ## Hugging Face tokenizer folder of TOKENIZER_MODEL, checked id for id (HF_TOKENIZER_DIR)
+	@if [ -z $(call q,$(strip $(TOKENIZER_MODEL))) ]; then echo "make hf-tokenizer: TOKENIZER_MODEL is not set: give the" \
+		"SentencePiece model, e.g. TOKENIZER_MODEL=/path/to/llm-jp-tokenizer-100k.ver3.1.model" >&2; exit 2; fi
+	$(PY) $(REPO)/scripts/hf_tokenizer.py --tokenizer-model $(call q,$(call apath,TOKENIZER_MODEL)) \
+		--output $(call q,$(call apath,HF_TOKENIZER_OUT))$(foreach f,$(TOKENIZER_CHECK_DOCS), --documents $(call q,$(f)))$(if $(filter 1,$(FORCE)), --force)
 
 # convert: CONVERTER=megatron (the three Megatron-LM steps on GPUs; MEGATRON_PATH or ENV_DIR) or native
 # (scripts/convert_to_hf.py on a CPU node, CPU_QUEUE if set); ITER=N or latest (the default, read when the job
