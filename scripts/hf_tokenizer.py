@@ -7,7 +7,8 @@
 tokenizer.json (a `tokenizers` Unigram or BPE model read from the model's proto), tokenizer_config.json and
 special_tokens_map.json are written beside the output, checked id for id against SentencePiece under
 Megatron's BOS/EOD policy on the probe set and the --documents (JSONL `text` fields or lines of text
-files), then renamed into place (pipeline/hf_tokenizer.py, pipeline/tokenizer_check.py).
+files), then renamed into place (pipeline/hf_tokenizer.py, pipeline/tokenizer_check.py). An existing folder
+that this did not build (a published one) is only checked, and used as given when it passes.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 from pipeline.errors import fail, run_main
-from pipeline.hf_tokenizer import write_hf_tokenizer
+from pipeline.hf_tokenizer import GIVEN, write_hf_tokenizer
 from pipeline.tokenizer_check import describe_verdict
 from pipeline.tokenizer_training import iter_texts
 
@@ -43,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
             fail(f"{path}: documents file not found (TOKENIZER_CHECK_DOCS)")
     documents = list(iter_texts(args.documents, max_documents=args.max_documents))
     started = time.monotonic()
-    record, written = write_hf_tokenizer(args.tokenizer_model, args.output, documents, force=args.force)
-    settings, check = record["settings"], record["tokenizer_check"]
-    what = "built" if written else "up to date"
-    print(f"hf-tokenizer: {args.output.absolute()} {what} from {args.tokenizer_model} ({settings['model_type']}, "
-          f"{settings['pieces']:,} pieces) in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    record, status = write_hf_tokenizer(args.tokenizer_model, args.output, documents, force=args.force)
+    check = record["tokenizer_check"]
+    if status == GIVEN:
+        print(f"hf-tokenizer: {args.output.absolute()}: a folder make hf-tokenizer did not build, {status} after "
+              f"the check against {args.tokenizer_model} ({time.monotonic() - started:.1f}s)", file=sys.stderr)
+    else:
+        settings = record["settings"]
+        print(f"hf-tokenizer: {args.output.absolute()} {status} from {args.tokenizer_model} "
+              f"({settings['model_type']}, {settings['pieces']:,} pieces) in {time.monotonic() - started:.1f}s",
+              file=sys.stderr)
     print(f"hf-tokenizer: checked: {describe_verdict(check)} (transformers {check['versions']['transformers']}, "
           f"tokenizers {check['versions']['tokenizers']}); use it as HF_TOKENIZER_DIR={args.output.absolute()}",
           file=sys.stderr)

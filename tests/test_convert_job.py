@@ -23,11 +23,7 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture
 def run(ckpts, exp_dir, tmp_path):
-    info = make_run(exp_dir, ckpts["split"], tiny_params(tmp_path / "params"))
-    from make_tiny_runs import tiny_tokenizer
-    info["HF_TOKENIZER_DIR"] = str(tmp_path / "hf-tokenizer")
-    tiny_tokenizer().save_pretrained(info["HF_TOKENIZER_DIR"])
-    return info
+    return make_run(exp_dir, ckpts["split"], tiny_params(tmp_path / "params"))
 
 
 def make_vars(run: dict, **extra) -> list[str]:

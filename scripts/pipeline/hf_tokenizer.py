@@ -24,7 +24,8 @@ check's verdict). Everything is read from the model's own proto (sentencepiece_m
   encoded as text (`split_special_tokens`), as SentencePiece does.
 
 The folder is built beside its final name and checked with pipeline.tokenizer_check on its probe set and
-the given documents before it is renamed into place.
+the given documents before it is renamed into place. A folder at the output that this did not build (LLM-jp's
+published hf/ver3.1/... folder) is checked as it is, and used as given when it passes.
 """
 from __future__ import annotations
 
@@ -238,11 +239,15 @@ class _Plan:
                 "escaped_characters": self.escaped, "crlf": self.crlf}
 
 
+BUILT, UP_TO_DATE, GIVEN = "built", "up to date", "used as given"
+
+
 def write_hf_tokenizer(sp_model: str | Path, output: str | Path, documents: Sequence[str] = (), *,
-                       force: bool = False) -> tuple[dict, bool]:
+                       force: bool = False) -> tuple[dict, str]:
     """Build the folder for `sp_model` at `output`, checked on the probe set and `documents` before it is
-    renamed into place; (its build record, whether it was written). A folder this built from the same model
-    is left as it is (force: built again); any other folder at `output` is refused, never replaced."""
+    renamed into place; (its build record, BUILT | UP_TO_DATE | GIVEN). A folder this built from the same model
+    is left as it is (force: built again); a folder it did not build (a published one) is checked as it is and
+    never written to."""
     from pipeline.tokenizer_check import verify_hf_tokenizer
     sp_model, output = Path(sp_model).absolute(), Path(output).absolute()
     proto = load_proto(sp_model)
@@ -250,15 +255,13 @@ def write_hf_tokenizer(sp_model: str | Path, output: str | Path, documents: Sequ
     if output.exists():
         record = read_json(output / BUILD_RECORD, bad="none")
         if record is None:
-            fail(f"{output}: exists and was not written by make hf-tokenizer; it is left alone (a published "
-                 "tokenizer folder is used as it is: give it to make convert as HF_TOKENIZER_DIR); choose another "
-                 "HF_TOKENIZER_DIR")
+            return {"tokenizer_check": verify_hf_tokenizer(output, sp_model, documents)}, GIVEN
         same = record.get("tokenizer_model_sha256") == digest and record.get("builder_version") == BUILDER_VERSION
         if same and not force:
             if documents:   # checked again with these documents; the files stay as they are
                 record["tokenizer_check"] = {**verify_hf_tokenizer(output, sp_model, documents), "hf_dir": str(output)}
                 write_json(output / BUILD_RECORD, record)
-            return record, False
+            return record, UP_TO_DATE
         if not force:
             fail(f"{output}: holds a tokenizer built from another model ({record.get('tokenizer_model')}); "
                  "FORCE=1 builds it again from this one, or choose another HF_TOKENIZER_DIR")
@@ -273,4 +276,4 @@ def write_hf_tokenizer(sp_model: str | Path, output: str | Path, documents: Sequ
         record = provenance(tokenizer_model=str(sp_model), tokenizer_model_sha256=digest,
                             builder_version=BUILDER_VERSION, settings=plan.describe(), tokenizer_check=verdict)
         write_json(tmp / BUILD_RECORD, record)
-    return record, True
+    return record, BUILT

@@ -304,6 +304,21 @@ def training_tokenizer(given: str | os.PathLike | None, recorded: list[tuple[str
     return first
 
 
+def converted_run_dir(folder: Path) -> Path | None:
+    """The run folder of a converted checkpoint `<run>/checkpoints_hf/iter_NNNNNNN/`, else None."""
+    folder = Path(folder)
+    return folder.parent.parent if folder.parent.name == "checkpoints_hf" else None
+
+
+def models_training_tokenizer(folders: Sequence[Path], given: str | os.PathLike | None) -> Path:
+    """The SentencePiece model the converted `folders` (a soup's ingredients) were trained with: TOKENIZER_MODEL,
+    or what their runs and conversion records name; they must all name the same one."""
+    recorded = []
+    for folder in folders:
+        recorded += recorded_tokenizers(run_dir=converted_run_dir(folder), converted=Path(folder))
+    return training_tokenizer(given, recorded, f"the models {', '.join(map(str, folders))}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Documents of a run's own training data, where they are at hand
 # ---------------------------------------------------------------------------------------------
