@@ -28,7 +28,7 @@ def run(ckpts, exp_dir, tmp_path):
 
 def make_vars(run: dict, **extra) -> list[str]:
     keys = ("TASK", "PARAM", "SIZE", "SEED", "DATA_LIST", "TOKENIZER_MODEL", "HF_TOKENIZER_DIR")
-    return [f"{k}={run[k]}" for k in keys] + [f"{k}={v}" for k, v in extra.items()]
+    return [f"{k}={run[k]}" for k in keys if k not in extra] + [f"{k}={v}" for k, v in extra.items()]
 
 
 def request(run: dict, exp: Path, **extra) -> ConvertRequest:
@@ -148,3 +148,21 @@ def test_pbs_submission_and_refusals(make, run, fake_pbs):
     assert "iter_0000099: iteration folder missing" in refused.stderr
     assert "MEGATRON_PATH" in refused.stderr
     assert len(fake_pbs.submissions()) == 1, "nothing submitted"
+
+
+def test_a_tokenizer_folder_that_encodes_otherwise_is_refused_before_submission(make, run, fake_pbs, tmp_path):
+    from pipeline.hf_tokenizer import write_hf_tokenizer
+    other = tmp_path / "other-hf"
+    write_hf_tokenizer(Path(__file__).resolve().parent / "data" / "upstream_ckpt" / "tokenizer.model", other)
+    pbs = ["SCHEDULER=pbs", "PBS_GROUP=grp", "PBS_QUEUE=rt_HF"]
+    for converter in ("native", "megatron"):
+        refused = make("convert", *pbs, f"CONVERTER={converter}", *make_vars(run, HF_TOKENIZER_DIR=str(other)),
+                       check=False)
+        assert refused.returncode != 0 and "make convert: not submitted" in refused.stderr, converter
+        assert f"{other}: its Hugging Face tokenizer does not encode as the training tokenizer " \
+               f"{run['TOKENIZER_MODEL']}" in refused.stderr
+    assert fake_pbs.submissions() == []
+    env = fake_megatron(tmp_path / "fake")
+    plan = make("convert", "DRY_RUN=1", *make_vars(run, MEGATRON_PATH=env["MEGATRON_PATH"])).stdout
+    assert "check the tokenizer: " in plan and "scripts/convert.py check-tokenizer" in plan
+    assert "problem:" not in plan, "the run's own tokenizer folder passes"

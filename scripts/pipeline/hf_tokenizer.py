@@ -16,7 +16,8 @@ check's verdict). Everything is read from the model's own proto (sentencepiece_m
   of them could still win over the normal pieces spelling it (`</s>` when `/` is no piece), its first
   character is escaped: a space (which no normalized text holds) is put after it in the text and in every
   normal piece, so the special piece never matches and every normal one matches as before; the decoder
-  takes it out again. User-defined pieces keep SentencePiece's lattice score for them.
+  takes it out again. User-defined pieces keep SentencePiece's lattice score for them (length x the best
+  normal score - 0.1), raised to the lowest normal score where it would fall below it.
 - BPE: merges of every two normal pieces that make a normal piece, ranked by its score (SentencePiece
   merges the best-scoring pair first).
 - byte fallback as the model has it; BOS added by `tokenizer(text)`, EOS not (see pipeline.tokenization:
@@ -155,12 +156,12 @@ class _Plan:
             for piece, score, kind in self.pieces:
                 if kind == NORMAL:
                     vocab.append((self.escape(piece), score))
-                elif kind == USER_DEFINED:   # SentencePiece's lattice score for them
-                    vocab.append((self.escape(piece), len(piece) * self.max_score - 0.1))
+                elif kind == USER_DEFINED:
+                    # SentencePiece's lattice score for them, kept at or above the lowest normal score so that the
+                    # unknown-character score stays SentencePiece's (they are meant to win wherever they match)
+                    vocab.append((self.escape(piece), max(len(piece) * self.max_score - 0.1, self.min_score)))
                 else:
                     vocab.append((piece, self.min_score))
-            if min(score for _, score in vocab) < self.min_score:
-                _unsupported(self.sp_model, "a user-defined piece would score below every normal piece")
             model = models.Unigram(vocab, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback)
         else:
             vocab = {piece: i for i, (piece, _, _) in enumerate(self.pieces)}
