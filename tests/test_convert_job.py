@@ -98,6 +98,8 @@ def test_megatron_job_runs_the_three_steps(make, run, exp_dir, tmp_path, ckpts):
     assert (output / "tokenizer.json").read_bytes() == tokenizer_json.read_bytes()
     provenance = json.loads((output / RECORD_FILE).read_text())
     assert provenance["converter"] == "megatron" and provenance["step1_args"] == step1["argv"]
+    check = provenance["tokenizer_check"]   # convert.py check-tokenizer, before the rename
+    assert check["passed"] and check["tokenizer_model"] == str(Path(run["TOKENIZER_MODEL"]).resolve())
     assert leftovers(run_dir) == [], "temporary folders removed"
 
 
@@ -125,7 +127,8 @@ def test_native_job_and_rerun(make, run, exp_dir, ckpts):
     with torch.no_grad():
         logits = converted(token_ids(vocab)).logits
         assert torch.equal(logits, ckpts["model"](token_ids(vocab)).logits[..., :vocab])
-    assert json.loads((output / RECORD_FILE).read_text())["converter"].startswith("native")
+    record = json.loads((output / RECORD_FILE).read_text())
+    assert record["converter"].startswith("native") and record["tokenizer_check"]["passed"]
     jobs = (exp_dir / "jobs.jsonl").read_text().splitlines()
     again = make("convert", "CONVERTER=native", *make_vars(run))
     assert "already converted" in again.stderr
