@@ -12,7 +12,8 @@ from conftest import REPO, SCRIPTS, run_script, shared_path
 from env_helpers import EXT_SUFFIX, env_without, healthy_findings, make_fake_env, set_answers
 
 ALL_CHECKS = ["activate.sh", "python", "torch", "torchvision", "cuda", "gpus", "transformer_engine", "apex",
-              "flash_attn", "lm_eval", "megatron", "megatron_helper", "tokenizer", "weights_only", "job_env", "megatron_launch"]
+              "flash_attn", "lm_eval", "megatron", "megatron_helper", "tokenizer", "weights_only", "job_env",
+              "megatron_launch"]
 NOT_IMPORTABLE = {"ok": False, "error": "ModuleNotFoundError: No module named 'x'"}
 
 
