@@ -123,7 +123,8 @@ help: ## list the targets and the main knobs
 	@echo '       'PARAM=$(call q,$(PARAM)) SIZE=$(SIZE) SEED=$(SEED) NODES=$(NODES) DEPEND=$(call q,$(DEPEND))
 	@echo "       PBS_GROUP PBS_QUEUE PBS_RTYPE WALLTIME TOKENIZER_MODEL MEGATRON_PATH ENV_DIR (no defaults)"
 	@echo "       eval: EVAL_SUITE EVAL_MODELS EVAL_TEXT BASE_HF EVAL_BACKEND=$(EVAL_BACKEND) EVAL_ENV=$(EVAL_ENV)" \
-		"EVAL_BATCH_SIZE=$(EVAL_BATCH_SIZE) EVAL_QUEUE EVAL_WALLTIME=$(EVAL_WALLTIME) EVAL_TEXT_DOCS=$(EVAL_TEXT_DOCS)"
+		"EVAL_BATCH_SIZE=$(EVAL_BATCH_SIZE) EVAL_QUEUE EVAL_WALLTIME=$(EVAL_WALLTIME) EVAL_TEXT_DOCS=$(EVAL_TEXT_DOCS)" \
+		"EVAL_JOBS=$(EVAL_JOBS)"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up and checks
@@ -444,7 +445,9 @@ report: $(VENV_STAMP) ## loss / throughput plots and a summary of a run's traini
 # pipeline (.venv runs the harness) | training (ENV_DIR's venv, where make env installed it); EVAL_BATCH_SIZE
 # auto|auto:N|N; EVAL_QUEUE: the queue (Slurm: partition) of the eval jobs (default PBS_QUEUE); EVAL_WALLTIME;
 # FORCE=1 evaluates again; REPORT_NAME names EXP_DIR/eval/reports/<suite>/<name>/ (default SOUP_NAME);
-# EVAL_TEXT_DOCS: documents per source of make eval-text. make chain adds the eval job when EVAL_SUITE is set.
+# EVAL_TEXT_DOCS: documents per source of make eval-text; EVAL_JOBS: models evaluated at once under SCHEDULER=local
+# (1: they would share this machine's GPU; more only for CPU runs with memory to spare). make chain adds the eval
+# job when EVAL_SUITE is set.
 EVAL_SUITE ?=
 EVAL_MODELS ?=
 EVAL_TEXT ?=
@@ -454,10 +457,12 @@ EVAL_ENV ?= pipeline
 EVAL_BATCH_SIZE ?= auto
 EVAL_QUEUE ?=
 EVAL_TEXT_DOCS ?= 50
+EVAL_JOBS ?= 1
 $(if $(filter $(EVAL_BACKEND),hf vllm),,$(error EVAL_BACKEND must be hf or vllm (got '$(EVAL_BACKEND)')))
 $(if $(filter $(EVAL_ENV),pipeline training),,$(error EVAL_ENV must be pipeline or training (got '$(EVAL_ENV)')))
 $(if $(filter auto auto:%,$(EVAL_BATCH_SIZE)),,$(call require_int,EVAL_BATCH_SIZE))
 $(call require_int,EVAL_TEXT_DOCS)$(if $(filter 0,$(EVAL_TEXT_DOCS)),$(error EVAL_TEXT_DOCS must be at least 1))
+$(call require_int,EVAL_JOBS)$(if $(filter 0,$(EVAL_JOBS)),$(error EVAL_JOBS must be at least 1))
 # what is evaluated and how, for make eval and make eval-report
 EVAL_FLAGS = --suite $(call q,$(EVAL_SUITE)) --models $(call q,$(EVAL_MODELS)) --eval-text $(call q,$(EVAL_TEXT)) \
 	--base-hf $(call q,$(BASE_HF)) --backend $(EVAL_BACKEND) --eval-env $(EVAL_ENV) --env-dir $(call q,$(ENV_DIR)) \
@@ -469,11 +474,12 @@ CHAIN_EVAL = $(if $(strip $(EVAL_SUITE)),--eval-opt=$(call q,--suite=$(EVAL_SUIT
 	--eval-opt=$(call q,--eval-text=$(EVAL_TEXT)) --eval-opt=$(call q,--base-hf=$(BASE_HF)) \
 	--eval-opt=--backend=$(EVAL_BACKEND) --eval-opt=--eval-env=$(EVAL_ENV) --eval-opt=$(call q,--env-dir=$(ENV_DIR)) \
 	--eval-opt=$(call q,--batch-size=$(EVAL_BATCH_SIZE)) --eval-opt=$(call q,--tokenizer-model=$(TOKENIZER_MODEL)) \
-	--eval-opt=$(call q,--walltime=$(or $(WALLTIME),$(EVAL_WALLTIME))) --eval-opt=$(call q,--eval-queue=$(EVAL_QUEUE)))
+	--eval-opt=$(call q,--walltime=$(or $(WALLTIME),$(EVAL_WALLTIME))) --eval-opt=$(call q,--eval-queue=$(EVAL_QUEUE)) \
+	--eval-opt=--eval-jobs=$(EVAL_JOBS))
 
 eval: $(VENV_STAMP) ## lm-evaluation-harness on the base, seeds and soup (or EVAL_MODELS): one array job, EVAL_SUITE
 	$(PY) $(REPO)/scripts/eval.py submit $(EVAL_FLAGS) --walltime $(call walltime,EVAL) \
-		--eval-queue $(call q,$(EVAL_QUEUE)) $(if $(filter 1,$(FORCE)),--force) $(SCHEDULER_FLAGS)
+		--eval-queue $(call q,$(EVAL_QUEUE)) $(if $(filter 1,$(FORCE)),--force) $(SCHEDULER_FLAGS) --eval-jobs $(EVAL_JOBS)
 
 eval-data: $(VENV_STAMP) ## stage EVAL_SUITE's datasets under EXP_DIR/eval/data for the offline eval jobs (network)
 	$(if $(HF_ENDPOINT),HF_ENDPOINT=$(call q,$(HF_ENDPOINT)) )$(PY) $(REPO)/scripts/eval.py data \

@@ -22,8 +22,8 @@ HARNESS_DIR = "harness"
 def result_dir(exp: Path, suite: str, folder: Path) -> Path:
     folder = Path(folder).absolute()
     root = eval_results_root(exp, suite)
-    try:
-        return root / folder.relative_to(exp)
+    try:   # resolved: an EXP_DIR reached through a link still holds its own models
+        return root / folder.resolve().relative_to(exp.resolve())
     except ValueError:
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:10]
         return root / "external" / f"{folder.name}-{digest}"

@@ -54,6 +54,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--walltime", default="", help="EVAL_WALLTIME of the job")
     parser.add_argument("--eval-queue", default="", help="EVAL_QUEUE (default: PBS_QUEUE / SLURM_PARTITION)")
     parser.add_argument("--force", action="store_true", help="FORCE=1: evaluate again models already evaluated")
+    parser.add_argument("--eval-jobs", type=int, default=1, help="EVAL_JOBS: models evaluated at once here "
+                        "(SCHEDULER=local)")
 
 
 def eval_options(argv: list[str]) -> argparse.Namespace:
@@ -174,7 +176,7 @@ def submit_plan(plan: dict, args: argparse.Namespace, depend: str = "") -> str |
     job = make_job(TEMPLATE, f"eval-{name}"[:236], variables, exp, array=f"0-{count - 1}" if count > 1 else "",
                    depend=depend, walltime=args.walltime)
     options = scheduler_options(args, queue=args.eval_queue)
-    options.parallel = 1      # here, one model at a time: they would share this machine's GPU
+    options.parallel = max(1, args.eval_jobs)   # not JOBS: models evaluated side by side would share one GPU
     labels = ", ".join(m["model"]["label"] for m in plan["models"])
     print(f"eval: suite {name}, {count} model(s): {labels}; plan {path}", file=sys.stderr)
     sys.stdout.flush()

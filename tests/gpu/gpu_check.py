@@ -60,6 +60,7 @@ class Check:
     train_python: str
     env_dir: Path | None = None
     port: int = 29500                # MASTER_PORT of its jobs; +1 for the forward pass (checks can run side by side)
+    eval_jobs: int = 1               # EVAL_JOBS: models evaluated at once (on the GPU: one)
     rows: list[Row] = field(default_factory=list)
     failed_steps: set[str] = field(default_factory=set)
 
@@ -345,7 +346,7 @@ class Check:
         with HubServer(mc_repo()) as hub:       # the dataset's "hub": a local copy, as make eval-data sees one
             ok = ok and self.make("eval-data", "eval-data", EVAL_SUITE=str(suite), HF_ENDPOINT=hub.url)
         knobs = dict(EVAL_SUITE=str(suite), SIZE="mid", SEEDS=" ".join(map(str, SEEDS)), SOUP_NAME="gpu-check-soup",
-                     EVAL_TEXT=str(text))
+                     EVAL_TEXT=str(text), EVAL_JOBS=str(self.eval_jobs))
         ok = ok and self.make("eval", "eval", **knobs)
         if not ok:
             self.failed_steps.add("eval")
