@@ -349,3 +349,16 @@ def test_the_shipped_suites_name_tasks_and_datasets_the_harness_has():
                 assert config["dataset_path"] == task.hub.repo, (name, task.task)
     assert {t.task for t in load_suite("ja").tasks} == {
         t for t in index if t.startswith("ja_leaderboard_")}, "every task of the harness's Japanese leaderboard"
+
+
+def test_the_soup_verdict_follows_each_metrics_direction():
+    from pipeline.eval_report import Cell, Row, compare, suite_verdict
+    ppl = Row("local_ppl", "bits_per_byte,none", False, {"seed1": Cell(2.0, None), "seed2": Cell(1.8, None),
+                                                         "soup": Cell(1.7, None)})
+    assert compare(ppl, ["seed1", "seed2"], "soup").best == "seed2"
+    assert "the soup BEATS its best ingredient seed2" in suite_verdict([ppl], ["seed1", "seed2"], "soup", "x")
+    acc = Row("mc", "acc,none", True, {"seed1": Cell(0.6, 0.01), "seed2": Cell(0.5, 0.01), "soup": Cell(0.55, 0.01)})
+    comparison = compare(acc, ["seed1", "seed2"], "soup")
+    assert comparison.best == "seed1" and abs(comparison.soup_vs_mean) < 1e-12
+    mixed = suite_verdict([acc, ppl], ["seed1", "seed2"], "soup", "x")
+    assert "does NOT beat its best ingredient seed1" in mixed and "higher-is-better metrics only" in mixed
