@@ -89,7 +89,7 @@ def run_item(plan_path: Path, index: int, python: str) -> int:
     marker = failed_marker(result)
     try:
         return _evaluate(plan, exp, model, result, python, plan_path, index)
-    except (PipelineError, KeyboardInterrupt) as exc:
+    except (PipelineError, OSError, KeyboardInterrupt) as exc:
         write_json(marker, {"time": now_iso(), "error": str(exc) or type(exc).__name__, "plan": str(plan_path),
                             "index": index, "job": os.environ.get("PBS_JOBID")})
         raise
