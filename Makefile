@@ -109,6 +109,7 @@ INIT_WALLTIME ?= 00:30:00
 TRAIN_WALLTIME ?= 168:00:00
 CONVERT_WALLTIME ?= 04:00:00
 SOUP_WALLTIME ?= 04:00:00
+EVAL_WALLTIME ?= 12:00:00
 walltime = $(call q,$(or $(WALLTIME),$($(1)_WALLTIME)))
 
 .PHONY: help
@@ -123,6 +124,9 @@ help: ## list the targets and the main knobs
 	@echo "       PBS_GROUP PBS_QUEUE PBS_RTYPE WALLTIME TOKENIZER_MODEL MEGATRON_PATH ENV_DIR (no defaults)"
 	@echo "       HF_TOKENIZER_DIR (the Hugging Face tokenizer folder: make hf-tokenizer writes it, convert and soup"
 	@echo "       check it against TOKENIZER_MODEL) TOKENIZER_CHECK_DOCS (documents make hf-tokenizer checks too)"
+	@echo "       eval: EVAL_SUITE EVAL_MODELS EVAL_TEXT BASE_HF EVAL_BACKEND=$(EVAL_BACKEND) EVAL_ENV=$(EVAL_ENV)" \
+		"EVAL_BATCH_SIZE=$(EVAL_BATCH_SIZE) EVAL_QUEUE EVAL_WALLTIME=$(EVAL_WALLTIME) EVAL_TEXT_DOCS=$(EVAL_TEXT_DOCS)" \
+		"EVAL_JOBS=$(EVAL_JOBS)"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up and checks
@@ -301,6 +305,7 @@ data: ## extract -> merge -> tokenize -> count -> mix, one after another here (S
 # Training: env -> init -> train (per seed) -> convert -> soup
 # ---------------------------------------------------------------------------------------------
 .PHONY: env env-check args init ckpt-info train train-seeds chain hf-tokenizer convert soup-config soup report
+.PHONY: eval eval-data eval-report eval-text convert-base
 # env / env-check: ENV_CONFIG holds the pins; DRY_RUN=1 prints the installer's commands and runs nothing;
 # ENV_PYTHON checks that interpreter instead of ENV_DIR's venv; ENV_CHECK_ARGS e.g. --no-gpu on a login node
 ENV_CONFIG ?= $(REPO)/params/environment.toml
@@ -372,7 +377,7 @@ train: $(VENV_STAMP) ## submit one training run (TASK PARAM SIZE SEED NODES [DEP
 train-seeds: $(VENV_STAMP) ## submit one training run per seed in SEEDS
 	$(TRAIN) seeds $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SCHEDULER_FLAGS)
 
-chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, chained with afterok
+chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup (then eval with EVAL_SUITE), afterok
 	$(TRAIN) chain $(TRAIN_RUN) --seeds $(call q,$(SEEDS)) $(TRAIN_JOB) $(SCHEDULER_FLAGS) --base-ckpt $(call q,$(BASE_CKPT)) \
 		$(if $(BASE_ITER),--base-iter $(BASE_ITER)) --cpu-queue $(call q,$(CPU_QUEUE)) \
 		--init-walltime $(call q,$(INIT_WALLTIME)) --convert-walltime $(call q,$(CONVERT_WALLTIME)) \
@@ -381,7 +386,7 @@ chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, cha
 		--convert-opt=$(call q,--vocab-size=$(VOCAB_SIZE)) --convert-opt=$(call q,--dtype=$(CONVERT_DTYPE)) \
 		--soup-name $(call q,$(SOUP_NAME)) --soup-config-dir $(call q,$(SOUP_CONFIG_DIR)) \
 		--soup-var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --soup-var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
-		--soup-var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
+		--soup-var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE)) $(CHAIN_EVAL)
 
 # hf-tokenizer: the Hugging Face tokenizer folder of TOKENIZER_MODEL, written to HF_TOKENIZER_DIR (default
 # EXP_DIR/hf-tokenizer/<TOKENIZER_NAME>) after its check id for id against SentencePiece (the probe set, plus the
@@ -457,3 +462,72 @@ report: $(VENV_STAMP) ## loss / throughput plots and a summary of a run's traini
 	$(PY) $(REPO)/scripts/report.py --exp-dir $(call q,$(EXP_DIR)) $(if $(report_runs),--run-dir $(call qwords,$(report_runs)),\
 		--task $(TASK) --param $(call q,$(PARAM)) --size $(SIZE) --seeds $(call qwords,$(report_seeds))) \
 		$(if $(SEQ_LENGTH),--seq-length $(call q,$(SEQ_LENGTH))) $(if $(REPORT_NAME),--name $(call q,$(REPORT_NAME)))
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: lm-evaluation-harness on the base, the seeds and the soup (eval/<suite>.yaml)
+# ---------------------------------------------------------------------------------------------
+# EVAL_SUITE: a suite of eval/ (olmo2, ja, quick, local-ppl) or a suite file; EVAL_MODELS: folders to evaluate
+# instead of TASK PARAM SIZE SEEDS SOUP_NAME (+ the base: BASE_HF, default EXP_DIR/base_hf from make convert-base);
+# EVAL_TEXT: the JSONL local-ppl scores; EVAL_BACKEND hf|vllm (vllm only where vLLM is installed); EVAL_ENV
+# pipeline (.venv runs the harness) | training (ENV_DIR's venv, where make env installed it); EVAL_BATCH_SIZE
+# auto|auto:N|N; EVAL_QUEUE: the queue (Slurm: partition) of the eval jobs (default PBS_QUEUE); EVAL_WALLTIME;
+# FORCE=1 evaluates again; REPORT_NAME names EXP_DIR/eval/reports/<suite>/<name>/ (default SOUP_NAME);
+# EVAL_TEXT_DOCS: documents per source of make eval-text; EVAL_JOBS: models evaluated at once under SCHEDULER=local
+# (1: they would share this machine's GPU; more only for CPU runs with memory to spare). make chain adds the eval
+# job when EVAL_SUITE is set.
+EVAL_SUITE ?=
+EVAL_MODELS ?=
+EVAL_TEXT ?=
+BASE_HF ?=
+EVAL_BACKEND ?= hf
+EVAL_ENV ?= pipeline
+EVAL_BATCH_SIZE ?= auto
+EVAL_QUEUE ?=
+EVAL_TEXT_DOCS ?= 50
+EVAL_JOBS ?= 1
+$(if $(filter $(EVAL_BACKEND),hf vllm),,$(error EVAL_BACKEND must be hf or vllm (got '$(EVAL_BACKEND)')))
+$(if $(filter $(EVAL_ENV),pipeline training),,$(error EVAL_ENV must be pipeline or training (got '$(EVAL_ENV)')))
+$(if $(filter auto auto:%,$(EVAL_BATCH_SIZE)),,$(call require_int,EVAL_BATCH_SIZE))
+$(call require_int,EVAL_TEXT_DOCS)$(if $(filter 0,$(EVAL_TEXT_DOCS)),$(error EVAL_TEXT_DOCS must be at least 1))
+$(call require_int,EVAL_JOBS)$(if $(filter 0,$(EVAL_JOBS)),$(error EVAL_JOBS must be at least 1))
+# what is evaluated and how, for make eval and make eval-report
+EVAL_FLAGS = --suite $(call q,$(EVAL_SUITE)) --models $(call q,$(EVAL_MODELS)) --eval-text $(call q,$(EVAL_TEXT)) \
+	--base-hf $(call q,$(BASE_HF)) --backend $(EVAL_BACKEND) --eval-env $(EVAL_ENV) --env-dir $(call q,$(ENV_DIR)) \
+	--batch-size $(call q,$(EVAL_BATCH_SIZE)) --tokenizer-model $(call q,$(TOKENIZER_MODEL)) --task $(TASK) \
+	--param $(call q,$(PARAM)) --size $(SIZE) --seeds $(call q,$(SEEDS)) --iter $(call q,$(ITER)) \
+	--soup-name $(call q,$(SOUP_NAME))
+# make chain: the same knobs for its eval job (the run knobs are the chain's own)
+CHAIN_EVAL = $(if $(strip $(EVAL_SUITE)),--eval-opt=$(call q,--suite=$(EVAL_SUITE)) \
+	--eval-opt=$(call q,--eval-text=$(EVAL_TEXT)) --eval-opt=$(call q,--base-hf=$(BASE_HF)) \
+	--eval-opt=--backend=$(EVAL_BACKEND) --eval-opt=--eval-env=$(EVAL_ENV) --eval-opt=$(call q,--env-dir=$(ENV_DIR)) \
+	--eval-opt=$(call q,--batch-size=$(EVAL_BATCH_SIZE)) --eval-opt=$(call q,--tokenizer-model=$(TOKENIZER_MODEL)) \
+	--eval-opt=$(call q,--walltime=$(or $(WALLTIME),$(EVAL_WALLTIME))) --eval-opt=$(call q,--eval-queue=$(EVAL_QUEUE)) \
+	--eval-opt=--eval-jobs=$(EVAL_JOBS))
+
+eval: $(VENV_STAMP) ## lm-evaluation-harness on the base, seeds and soup (or EVAL_MODELS): one array job, EVAL_SUITE
+	$(PY) $(REPO)/scripts/eval.py submit $(EVAL_FLAGS) --walltime $(call walltime,EVAL) \
+		--eval-queue $(call q,$(EVAL_QUEUE)) $(if $(filter 1,$(FORCE)),--force) $(SCHEDULER_FLAGS) --eval-jobs $(EVAL_JOBS)
+
+eval-data: $(VENV_STAMP) ## stage EVAL_SUITE's datasets under EXP_DIR/eval/data for the offline eval jobs (network)
+	$(if $(HF_ENDPOINT),HF_ENDPOINT=$(call q,$(HF_ENDPOINT)) )$(PY) $(REPO)/scripts/eval.py data \
+		--suite $(call q,$(EVAL_SUITE)) --exp-dir $(call q,$(EXP_DIR)) --endpoint $(call q,$(HF_ENDPOINT))
+
+eval-report: $(VENV_STAMP) ## table, Markdown, CSV and chart of EVAL_SUITE's results: soup vs base and ingredients
+	$(PY) $(REPO)/scripts/eval.py report $(EVAL_FLAGS) --exp-dir $(call q,$(EXP_DIR)) --name $(call q,$(REPORT_NAME))
+
+eval-text: $(VENV_STAMP) ## held-out documents (files not in TASK's SIZE mixture) for EVAL_SUITE=local-ppl
+	$(PY) $(REPO)/scripts/eval.py text --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --size $(SIZE) \
+		--docs $(EVAL_TEXT_DOCS) --data-list $(call q,$(DATA_LIST))
+
+# convert-base: BASE_CKPT (a checkpoints folder or an iter_NNNNNNN folder; BASE_ITER picks the iteration) with the
+# native converter (CPU, CPU_QUEUE) into EXP_DIR/base_hf, the base of make eval; HF_TOKENIZER_DIR or VOCAB_SIZE
+convert_base_args = --load $(call apath,BASE_CKPT) --output $(EXP_DIR)/base_hf --dtype $(CONVERT_DTYPE) \
+	$(if $(HF_TOKENIZER_DIR),--tokenizer $(call apath,HF_TOKENIZER_DIR),--vocab-size $(VOCAB_SIZE)) \
+	$(if $(BASE_ITER),--iteration $(BASE_ITER)) $(if $(filter 1,$(FORCE)),--force)
+convert-base: $(VENV_STAMP) ## convert the pretraining checkpoint BASE_CKPT to EXP_DIR/base_hf (native, CPU job)
+	@test -n $(call q,$(BASE_CKPT)) || { echo "make convert-base: set BASE_CKPT=<pretraining checkpoints folder>" >&2; exit 2; }
+	@test -n $(call q,$(HF_TOKENIZER_DIR)$(VOCAB_SIZE)) || { echo "make convert-base: set HF_TOKENIZER_DIR=<Hugging" \
+		"Face tokenizer folder> (copied into the model: the harness needs it), or VOCAB_SIZE" >&2; exit 2; }
+	$(SUBMIT) --template pbs/run_step.pbs --name convert-base --walltime $(call walltime,CONVERT) \
+		$(if $(CPU_QUEUE),--queue $(call q,$(CPU_QUEUE))) --var STEP=convert_to_hf \
+		--var $(call q,STEP_ARGS=$(strip $(convert_base_args)))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Preflight and submit training runs: one run (make train), one per seed (make train-seeds), or whole
-chains init -> train -> convert per seed plus one soup (make chain), chained with afterok.
+chains init -> train -> convert per seed plus one soup (make chain; then an eval job with --eval-opt), chained
+with afterok.
 
 The checks are pipeline/preflight.py's, the submissions pipeline/train_jobs.py's (through the job layer,
 pipeline/scheduler.py). Job ids go to stdout (the train jobs' for submit and seeds, the soup's for chain);
@@ -62,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     chain.add_argument("--soup-config-dir", default="", help="SOUP_CONFIG_DIR for the soup config (default: merge/)")
     chain.add_argument("--soup-var", action="append", default=[], metavar="NAME=VALUE",
                        help="extra variable for the soup job (SOUP_VERIFY, SOUP_CUDA, SOUP_SHARD_SIZE); repeatable")
+    chain.add_argument("--eval-opt", action="append", default=[], metavar="--OPTION=VALUE",
+                       help="an option of scripts/eval.py submit (--suite=, --eval-text=, ...): an eval job of the "
+                            "base, the seeds and the soup after the soup; repeatable")
     # the Makefile's $(SCHEDULER_FLAGS); DEPEND is of the train job (submit, seeds) or of each seed's first job
     add_scheduler_arguments(parser.add_argument_group("scheduler"), with_exp_dir=False)
     args = parser.parse_args(argv)

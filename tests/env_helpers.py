@@ -13,7 +13,7 @@ from pipeline.environment import Layout, load_environment, render_activate
 
 EXT_SUFFIX = ".cpython-310-x86_64-linux-gnu.so"
 STEPS = ["python", "venv", "torch", "requirements", "apex", "flash_attn", "transformer_engine", "megatron",
-         "tokenizer", "activate"]
+         "tokenizer", "eval_harness", "activate"]
 
 # What a healthy environment's probe reports (weights_only, helper and tokenizer loads are computed
 # by the fake from its environment and the files, the way the real probe would find them).
@@ -27,6 +27,7 @@ HEALTHY = {
     "flash_attn": {"ok": True, "version": "2.5.8"},
     "transformer_engine": {"ok": True, "version": "1.9.0+e79d915"},
     "megatron_import": {"ok": True, "version": "0.10.0"},
+    "lm_eval": {"ok": True, "version": "0.4.13"},
 }
 
 FAKE_PYTHON = r'''#!{interpreter}
@@ -63,7 +64,7 @@ if torch.get("ok"):
         emit("weights_only", ok=False, error="UnpicklingError: Weights only load failed.")
 emit("env", **{{k: os.environ.get(k) for k in ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "CUDA_DEVICE_MAX_CONNECTIONS",
                                                 "NVTE_FUSED_ATTN", "MEGATRON_PATH", "VIRTUAL_ENV")}})
-for key in ("torchvision", "apex", "flash_attn", "transformer_engine", "megatron_import"):
+for key in ("torchvision", "apex", "flash_attn", "transformer_engine", "megatron_import", "lm_eval"):
     crash(key)
     if key in findings:
         emit(key, **findings[key])

@@ -12,7 +12,8 @@ from conftest import REPO, SCRIPTS, run_script, shared_path
 from env_helpers import EXT_SUFFIX, env_without, healthy_findings, make_fake_env, set_answers
 
 ALL_CHECKS = ["activate.sh", "python", "torch", "torchvision", "cuda", "gpus", "transformer_engine", "apex",
-              "flash_attn", "megatron", "megatron_helper", "tokenizer", "weights_only", "job_env", "megatron_launch"]
+              "flash_attn", "lm_eval", "megatron", "megatron_helper", "tokenizer", "weights_only", "job_env",
+              "megatron_launch"]
 NOT_IMPORTABLE = {"ok": False, "error": "ModuleNotFoundError: No module named 'x'"}
 
 
@@ -42,7 +43,7 @@ def test_healthy_environment_passes_every_check(tmp_path):
     assert "8 x NVIDIA H200" in rows["gpus"][1]
     assert f"helpers{EXT_SUFFIX} (loads)" in rows["megatron_helper"][1]
     assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1" in rows["weights_only"][1], "activate.sh was sourced first"
-    assert "15 ok, 0 warn, 0 FAIL" in result.stdout
+    assert "16 ok, 0 warn, 0 FAIL" in result.stdout
     assert "--use-mpi" in rows["megatron_launch"][1], "the parser of the fork has it"
 
 
@@ -109,6 +110,18 @@ def test_differences_that_do_not_stop_a_job_are_warnings(tmp_path):
     assert "NVTE_FUSED_ATTN=1 (pinned 0)" in rows["job_env"][1]
 
 
+def test_lm_eval_is_reported_and_its_absence_is_only_a_warning(tmp_path):
+    layout = make_fake_env(tmp_path / "env")
+    rows = table(check(layout.root).stdout)
+    assert rows["lm_eval"][0] == "ok" and "0.4.13" in rows["lm_eval"][1]
+    findings = healthy_findings(layout.root)
+    findings["lm_eval"] = NOT_IMPORTABLE
+    set_answers(layout.root, findings)
+    result = check(layout.root)
+    rows = table(result.stdout)
+    assert result.returncode == 0 and rows["lm_eval"][0] == "warn" and "EVAL_ENV=training" in rows["lm_eval"][1]
+
+
 def test_a_crashing_import_leaves_the_earlier_findings(tmp_path):
     layout = make_fake_env(tmp_path / "env")
     set_answers(layout.root, healthy_findings(layout.root), crash_at="flash_attn")
@@ -164,7 +177,7 @@ def test_env_check_runs_without_pyyaml(tmp_path):
                             capture_output=True, text=True, env={**env_without("PYTHONPATH"),
                                                                  "PYTHONPATH": str(tmp_path / "noyaml")})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "15 ok" in result.stdout
+    assert "16 ok" in result.stdout
 
 
 def test_make_env_check_locally_and_under_pbs(make, fake_pbs, tmp_path, exp_dir):

@@ -28,7 +28,7 @@ def stub_env(tmp_path, fail_step: str = "") -> dict:
 def test_dry_run_prints_every_pin_in_step_order_and_does_nothing(make, tmp_path, exp_dir):
     env_dir = tmp_path / "env"
     out = make("-s", "env", f"ENV_DIR={env_dir}", "DRY_RUN=1").stdout
-    assert re.findall(r"^\[(\d+)/10\] (\w+):", out, re.M) == [(str(i + 1), s) for i, s in enumerate(STEPS)]
+    assert re.findall(r"^\[(\d+)/11\] (\w+):", out, re.M) == [(str(i + 1), s) for i, s in enumerate(STEPS)]
     for pin in ("Python 3.10.4", "Python-3.10.4.tgz", "--enable-optimizations", "pip==24.3.1",
                 "--index-url https://download.pytorch.org/whl/cu124 torch==2.6.0 torchvision==0.21.0",
                 f"checkout {APEX_COMMIT}", "--build-option=--cuda_ext", "flash-attn==2.5.8",
@@ -37,7 +37,7 @@ def test_dry_run_prints_every_pin_in_step_order_and_does_nothing(make, tmp_path,
                 "checkout 6a1a12776a615897150f574cfb20c823c7a43d15",
                 "models/ver3.1/llm-jp-tokenizer-100k.ver3.1.model",
                 "cuda/12.4/12.4.1 cudnn/9.5/9.5.1 hpcx/2.20 nccl/2.25/2.25.1-1",
-                "export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1"):
+                "export TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1", "'lm-eval[hf,japanese-leaderboard]==0.4.13'"):
         assert pin in out, pin
     # apex is built after torch, TE after flash-attn (TE 1.9 accepts flash-attn <= 2.5.8), helper after clone
     assert out.index("torch==2.6.0") < out.index(f"checkout {APEX_COMMIT}") < out.index("flash-attn==2.5.8") \
@@ -65,7 +65,7 @@ def test_failed_step_is_named_and_rerun_resumes_there(tmp_path):
     second = run_script("env_setup", "--env-dir", str(env_dir), env=stub_env(tmp_path))
     assert stub_log_steps(log) == STEPS[4:-1], "resumes at the failed step; earlier steps are not re-run"
     for step in STEPS[:4]:
-        assert re.search(rf"^skip \[\d+/10\] {step}: done", second.stdout, re.M)
+        assert re.search(rf"^skip \[\d+/11\] {step}: done", second.stdout, re.M)
     activate = (env_dir / "activate.sh").read_bytes()
     manifest = json.loads((env_dir / "environment.json").read_text())
     assert manifest["pins"]["apex_commit"] == APEX_COMMIT and manifest["pins"]["transformer_engine"] == "1.9.0"
@@ -85,7 +85,8 @@ def test_changed_pin_reruns_from_its_step(tmp_path):
     config.write_text(CONFIG.read_text().replace('version = "2.5.8"', 'version = "2.5.7"'))
     (tmp_path / "stub.log").unlink()
     run_script("env_setup", "--env-dir", str(env_dir), "--config", str(config), env=stub_env(tmp_path))
-    assert stub_log_steps(tmp_path / "stub.log") == ["flash_attn", "transformer_engine", "megatron", "tokenizer"]
+    assert stub_log_steps(tmp_path / "stub.log") == ["flash_attn", "transformer_engine", "megatron", "tokenizer",
+                                                             "eval_harness"]
     assert "flash-attn 2.5.7" in (env_dir / "activate.sh").read_text()
 
 

@@ -209,6 +209,17 @@ def judge(target: Target, spec: EnvironmentSpec, findings: dict, note: str) -> l
         same = version_tuple(flash.get("version")) == version_tuple(want_flash)
         rows.append(Row("flash_attn", OK if same else WARN, str(flash.get("version")), want_flash))
 
+    # lm-evaluation-harness: only make eval EVAL_ENV=training needs it here, so its absence is a warning
+    if spec.eval_harness:
+        harness = findings.get("lm_eval")
+        if harness is None or not harness.get("ok"):
+            why = f"not importable: {harness.get('error')}" if harness else f"not checked: {note or 'no answer'}"
+            rows.append(Row("lm_eval", WARN, f"{why} (needed only by make eval EVAL_ENV=training; make env installs "
+                            "it)", spec.eval_version))
+        else:
+            same = harness.get("version") == spec.eval_version
+            rows.append(Row("lm_eval", OK if same else WARN, str(harness.get("version")), spec.eval_version))
+
     # Megatron-LM and its helper
     megatron = target.megatron
     want_meg = f"{spec.megatron_repo.rstrip('/').split('/', 3)[-1]} {spec.megatron_ref}"

@@ -138,6 +138,12 @@ def plan(spec: EnvironmentSpec, layout: Layout, write_activate: Callable[[], Non
             f"git -C {_q(tok)} checkout {spec.tokenizer_ref}",
             f"ls -l {models}",
         ]),
+        *([Step("eval_harness", f"lm-evaluation-harness {spec.eval_version} and {len(spec.eval_requirements)} "
+                                "pinned packages (make eval EVAL_ENV=training)", [
+            f"{pip} install --no-cache-dir " + " ".join(_q(r) for r in (spec.eval_harness, *spec.eval_requirements)),
+            f"{_q(layout.venv_python)} -c 'import lm_eval.tasks, importlib.metadata as m; print(\"lm-eval\", "
+            "m.version(\"lm_eval\"))'",
+        ])] if spec.eval_harness else []),
         Step("activate", f"write {layout.activate} and {layout.manifest.name}", [],
              action=write_activate,
              action_text=render_activate(spec, layout)),

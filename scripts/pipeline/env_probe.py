@@ -169,6 +169,7 @@ def main(argv):
                  ["transformer_engine", "transformer-engine", "transformer_engine_torch"],
                  extra=lambda: {"version": getattr(sys.modules.get("transformer_engine"), "__version__", None)
                                 or dist_version("transformer_engine", "transformer-engine")})
+    probe_module("lm_eval", "lm_eval", ["lm_eval", "lm-eval"])
     probe_megatron(request.get("megatron"), request.get("helper"))
     probe_tokenizers(request.get("tokenizers") or [])
     emit("done")

@@ -63,6 +63,12 @@ class EnvironmentSpec:
     modules: tuple[str, ...]
     build_env: dict[str, str] = field(default_factory=dict)
     job_env: dict[str, str] = field(default_factory=dict)
+    eval_harness: str = ""                    # lm-eval's pin ([eval]), for make eval EVAL_ENV=training
+    eval_requirements: tuple[str, ...] = ()   # its dependencies, resolved with the pins above
+
+    @property
+    def eval_version(self) -> str:
+        return self.eval_harness.rpartition("==")[2]
 
     def pins(self) -> dict[str, Any]:
         """The pinned versions, flat, for provenance and the check."""
@@ -75,7 +81,7 @@ class EnvironmentSpec:
             "tokenizer": f"{self.tokenizer_repo}@{self.tokenizer_ref}",
             "tokenizer_models": [m.path for m in self.tokenizer_models],
             "modules": list(self.modules), "requirements": list(self.requirements),
-            "job_env": dict(self.job_env),
+            "job_env": dict(self.job_env), "lm_eval": self.eval_version,
         }
 
 
@@ -144,7 +150,7 @@ def load_environment(path: str | os.PathLike = DEFAULT_CONFIG) -> EnvironmentSpe
     doc = Section(load_toml(path), path)
     doc.check_keys(required={"python", "cuda", "torch", "requirements", "apex", "flash_attn",
                              "transformer_engine", "megatron", "tokenizer", "modules"},
-                   optional={"build_env", "job_env"})
+                   optional={"build_env", "job_env", "eval"})
     python = doc.section("python")
     python.check_keys(required={"version", "url", "pip"}, optional={"configure_flags"})
     cuda = doc.section("cuda")
@@ -192,6 +198,13 @@ def load_environment(path: str | os.PathLike = DEFAULT_CONFIG) -> EnvironmentSpe
     helper = _text(megatron, "helper")
     if helper.startswith("/") or ".." in Path(helper).parts:
         fail(f"{megatron.where('helper')}: must be relative to the Megatron-LM checkout")
+    harness, eval_requirements = "", ()
+    if "eval" in doc.data:
+        evaluation = doc.section("eval")
+        evaluation.check_keys(required={"harness", "requirements"})
+        harness = _text(evaluation, "harness", re.compile(r"^lm-eval(\[[a-z0-9,_-]+\])?==\d[\w.]*$"),
+                        "a pin like lm-eval[hf]==0.4.13")
+        eval_requirements = _string_list(evaluation, "requirements")
     modules = _string_list(doc, "modules")
     for index, module in enumerate(modules):
         if not MODULE_NAME.match(module):
@@ -221,6 +234,8 @@ def load_environment(path: str | os.PathLike = DEFAULT_CONFIG) -> EnvironmentSpe
         modules=modules,
         build_env=_env_map(doc, "build_env"),
         job_env=_env_map(doc, "job_env"),
+        eval_harness=harness,
+        eval_requirements=eval_requirements,
     )
 
 

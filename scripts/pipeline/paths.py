@@ -56,3 +56,32 @@ def run_dir(exp: Path, task: str, param: str, size: str, seed: int | str) -> Pat
 
 def soup_dir(exp: Path, name: str) -> Path:
     return exp / "soups" / name
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation (make eval, eval-data, eval-report, eval-text)
+# ---------------------------------------------------------------------------------------------
+EVAL_SUITES_DIR = REPO_DIR / "eval"          # one file per suite: eval/<name>.yaml
+EVAL_TASKS_DIR = EVAL_SUITES_DIR / "tasks"   # the project's own harness task YAMLs (local_ppl)
+
+
+def eval_dir(exp: Path) -> Path:
+    return exp / "eval"
+
+
+def eval_data_dir(exp: Path) -> Path:
+    """Staged datasets: the hub and datasets caches the offline jobs read, and the staging record."""
+    return eval_dir(exp) / "data"
+
+
+def eval_results_root(exp: Path, suite: str) -> Path:
+    return eval_dir(exp) / "results" / suite
+
+
+def eval_report_dir(exp: Path, suite: str, name: str) -> Path:
+    return eval_dir(exp) / "reports" / suite / name
+
+
+def base_hf_dir(exp: Path) -> Path:
+    """The converted pretraining checkpoint (make convert-base), the default base of make eval."""
+    return exp / "base_hf"

@@ -198,6 +198,46 @@ def soup_rows(exp: Path) -> list[tuple[str, ...]]:
     return rows
 
 
+def eval_rows(exp: Path) -> list[tuple[str, ...]]:
+    """Each model's evaluation per suite (EXP_DIR/eval/results/<suite>/...): submitted, done, failed or running."""
+    from pipeline.eval_results import RECORD, read_record
+    root = exp / "eval" / "results"
+    if not root.is_dir():
+        return []
+    states: dict[Path, tuple[str, str]] = {}
+    for plan_file in sorted((exp / "eval" / "plans").glob("*.json")):
+        try:
+            plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        for item in plan.get("models", []):
+            states[Path(item["result_dir"])] = ("submitted", f"plan {plan_file.name}")
+    for record_file in root.glob(f"*/**/{RECORD}"):
+        folder = record_file.parent
+        record = None if any(p.startswith(".") for p in folder.relative_to(root).parts) else read_record(folder)
+        if record is not None:
+            states[folder] = ("done", f"{len(record['runs'])} harness run(s), lm-eval {record['harness']['version']}, "
+                                      f"{record['harness']['dtype']}, {record['seconds']:.0f} s, "
+                                      f"{record['provenance']['time'][:16]}")
+    for marker in root.glob("*/**/.*.failed.json"):
+        folder = marker.with_name(marker.name[1:-len(".failed.json")])
+        record_file = folder / RECORD
+        if record_file.is_file() and record_file.stat().st_mtime >= marker.stat().st_mtime:
+            continue
+        try:
+            error = json.loads(marker.read_text(encoding="utf-8")).get("error", "")
+        except ValueError:
+            error = ""
+        states[folder] = ("failed", (error.splitlines() or ["?"])[0][:150])
+    for tmp in root.glob("*/**/.*.tmp.*"):
+        states[tmp.with_name(re.sub(r"^\.(.+)\.tmp\.\d+$", r"\1", tmp.name))] = ("running (or killed)", tmp.name)
+    rows = []
+    for folder, (state, detail) in sorted(states.items()):
+        suite, *rest = folder.relative_to(root).parts
+        rows.append((suite, "/".join(rest), state, detail))
+    return rows
+
+
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in (header, tuple("-" * w for w in widths), *rows):
@@ -223,3 +263,5 @@ def print_status(exp: Path, dataset: str, tokenizer_name: str, scheduler: str) -
              f"Runs: none under {exp / 'runs'}")
     _section(soup_rows(exp), f"Soups (under {exp / 'soups'}):",
              ("soup", "state", "models", "tokenizer", "where"), f"Soups: none under {exp / 'soups'}")
+    _section(eval_rows(exp), f"Evaluations (under {exp / 'eval' / 'results'}):",
+             ("suite", "model", "state", "detail"), "Evaluations: none (make eval)")

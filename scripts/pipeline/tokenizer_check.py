@@ -264,7 +264,7 @@ def recorded_tokenizers(run_dir: Path | None = None, checkpoint: Path | None = N
                         converted: Path | None = None) -> list[tuple[str, Path]]:
     """(where it is recorded, path) of the training tokenizer: the run's train_args.json, the copy newer
     Megatron saves inside a checkpoint (iter_NNNNNNN/tokenizer/tokenizer.model), the check recorded in a
-    converted folder. Paths that are not on this machine are kept (the caller says so)."""
+    converted folder or a soup. Paths that are not on this machine are kept (the caller says so)."""
     from pipeline.atomic import read_json
     from pipeline.hf_folder import RECORD_FILE
     found = []
@@ -275,10 +275,12 @@ def recorded_tokenizers(run_dir: Path | None = None, checkpoint: Path | None = N
     if checkpoint is not None and (checkpoint / "tokenizer" / "tokenizer.model").is_file():
         found.append((f"{checkpoint} (Megatron's copy)", checkpoint / "tokenizer" / "tokenizer.model"))
     if converted is not None:
-        record = read_json(converted / RECORD_FILE, bad="none") or {}
-        check = record.get("tokenizer_check") or {}
-        if check.get("tokenizer_model"):
-            found.append((str(converted / RECORD_FILE), Path(check["tokenizer_model"])))
+        from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD   # soup.py uses this module
+        for name in (RECORD_FILE, SOUP_RECORD):
+            record = read_json(converted / name, bad="none") or {}
+            check = record.get("tokenizer_check") or {}
+            if check.get("tokenizer_model"):
+                found.append((str(converted / name), Path(check["tokenizer_model"])))
     return found
 
 

@@ -116,8 +116,20 @@ def convert_options(args: argparse.Namespace, seed: int, iteration: int, depend:
         "--launcher-knob", args.launcher_knob or "auto", "--master-port", args.master_port])
 
 
+def eval_chain_options(args: argparse.Namespace, seed_list: str, soup_name: str) -> argparse.Namespace:
+    """make eval's options for the chain's eval job: its --eval-opt ones, the chain's run and scheduler knobs."""
+    from pipeline.eval_submit import eval_options
+    return eval_options([
+        *args.eval_opt, "--task", args.task, "--param", param_value(args.param), "--size", args.size,
+        "--seeds", seed_list, "--soup-name", soup_name, "--scheduler", args.scheduler, "--exp-dir", str(args.exp),
+        "--group", args.group, "--queue", args.queue, "--rtype", args.rtype, "--account", args.account,
+        "--partition", args.partition, "--slurm-gpus-per-node", args.slurm_gpus_per_node,
+        "--parallel", str(args.parallel)])
+
+
 def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
-    """make chain: init -> train -> convert per seed, then the soup of them all; the soup job's id under PBS."""
+    """make chain: init -> train -> convert per seed, then the soup of them all, then (with --eval-opt) one eval
+    array job of the base, the seeds and the soup; the soup job's id under PBS."""
     from pipeline.convert_job import check_inputs
     from pipeline.convert_submit import submit_conversion
     from pipeline.run_options import request
@@ -149,6 +161,12 @@ def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
                                       seeds=seed_list, iteration=final, name=name, config_dir=config_dir,
                                       dtype="bfloat16", allow_pending=True)
 
+    evaluation = None
+    if getattr(args, "eval_opt", None):   # checked now too: a suite or its data at fault stops the chain here
+        from pipeline.eval_submit import prepare
+        eval_args = eval_chain_options(args, seed_list, name)
+        evaluation = (eval_args, prepare(eval_args, pending_iteration=final))
+
     converts = []
     for resolved, earlier in plans:
         spec = resolved.spec
@@ -171,4 +189,11 @@ def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
                           depend=afterok(*converts), walltime=args.soup_walltime, queue=args.cpu_queue)
     if soup_job:
         print(f"chain: soup {soup_job} after {', '.join(converts)}", file=sys.stderr)
+    if evaluation is not None:
+        from pipeline.eval_submit import submit_plan
+        eval_args, plan = evaluation
+        eval_job = submit_plan(plan, eval_args, depend=afterok(*converts, soup_job))
+        if eval_job:
+            print(f"chain: eval {eval_job} ({len(plan['models'])} models, suite {plan['suite']['name']}) after "
+                  f"{', '.join(filter(None, [*converts, soup_job]))}", file=sys.stderr)
     return soup_job

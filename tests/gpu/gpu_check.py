@@ -9,7 +9,10 @@ random weights (make init BASE_CKPT=scratch, make train) -> make init from the b
 seeds -> make hf-tokenizer (or the given HF_TOKENIZER_DIR, checked) -> make convert CONVERTER=native (fp32) ->
 Megatron's own forward pass on the same checkpoint against the converted model -> make soup-config + make soup ->
 the seeds and the soup scored on held-out sample text through their own Hugging Face tokenizer and through
-SentencePiece's ids -> make report -> make status.
+SentencePiece's ids -> make report -> make status -> make convert-base,
+make eval-data (a multiple-choice dataset served from a local copy), make eval of the base, both seeds and
+the soup (that task and local-ppl on held-out sample text) with the real harness, make eval-report, and the
+harness's log-likelihood of one text against the converted model's own forward pass.
 Everything runs locally (SCHEDULER=local, torchrun on the GPUs here) under the work folder; each make
 call's output goes to <work>/logs/. One row per check with its measured figure; exit 1 if any fails.
 A check whose input failed is listed as skipped, naming what it needs.
@@ -30,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "tests"))     # the local hub server and the evaluation's test data
 
 from pipeline.megatron_log import read_run  # noqa: E402
 from pipeline.tokenizer_training import model_vocab_size  # noqa: E402
@@ -61,6 +65,7 @@ class Check:
     env_dir: Path | None = None
     hf_tokenizer: Path | None = None  # HF_TOKENIZER_DIR given (a published folder, checked); else make hf-tokenizer
     port: int = 29500                # MASTER_PORT of its jobs; +1 for the forward pass (checks can run side by side)
+    eval_jobs: int = 1               # EVAL_JOBS: models evaluated at once (on the GPU: one)
     rows: list[Row] = field(default_factory=list)
     failed_steps: set[str] = field(default_factory=set)
 
@@ -386,6 +391,59 @@ class Check:
         folders = sorted((self.run_dir("mid", seed) / "checkpoints_hf").glob("iter_*"))
         return folders[-1] if folders else self.run_dir("mid", seed) / "checkpoints_hf" / "missing"
 
+    def evaluate(self) -> None:
+        """make convert-base, eval-data, eval (base, seeds, soup) and eval-report; the harness vs a forward pass."""
+        if not self.needs("eval", "base", "convert1", "convert2", "soup"):
+            return
+        from eval_helpers import MC_TASK, PPL_TASK, forward_loglikelihood, harness_loglikelihood, held_out_text, \
+            mc_repo, write_suite
+        from hub_server import HubServer
+        from pipeline.eval_results import harness_results, read_record, result_dir
+        exp = self.work / "exp"
+        suite = write_suite(self.work / "eval-suite")
+        text = held_out_text(exp / DATASET, self.work / "held-out.jsonl")
+        ok = self.make("convert-base", "convert-base", BASE_CKPT=str(self.run_dir("base", BASE_SEED) / "checkpoints"),
+                       HF_TOKENIZER_DIR=str(self.hf_tokenizer), CONVERT_DTYPE="fp32")
+        with HubServer(mc_repo()) as hub:       # the dataset's "hub": a local copy, as make eval-data sees one
+            ok = ok and self.make("eval-data", "eval-data", EVAL_SUITE=str(suite), HF_ENDPOINT=hub.url)
+        knobs = dict(EVAL_SUITE=str(suite), SIZE="mid", SEEDS=" ".join(map(str, SEEDS)), SOUP_NAME="gpu-check-soup",
+                     EVAL_TEXT=str(text), EVAL_JOBS=str(self.eval_jobs))
+        ok = ok and self.make("eval", "eval", **knobs)
+        if not ok:
+            self.failed_steps.add("eval")
+            self.row("eval", False, "-", self.log_tail(next(s for s in ("convert-base", "eval-data", "eval")
+                                                           if s in self.failed_steps)))
+            return
+        folders = {"base": exp / "base_hf",     # each seed's final (latest) conversion, as make eval takes it
+                   **{f"seed{s}": max((self.run_dir("mid", s) / "checkpoints_hf").glob("iter_*")) for s in SEEDS},
+                   "soup": exp / "soups" / "gpu-check-soup"}
+        for label, folder in folders.items():
+            record = read_record(result_dir(exp, suite.stem, folder))
+            if record is None:
+                self.row(f"eval_{label}", False, "-", f"no results for {folder}")
+                continue
+            results = harness_results(result_dir(exp, suite.stem, folder), record)["results"]
+            acc, bpb = results[MC_TASK].get("acc,none"), results[PPL_TASK].get("bits_per_byte,none")
+            self.row(f"eval_{label}", all(isinstance(v, float) and math.isfinite(v) for v in (acc, bpb)),
+                     f"{MC_TASK} acc {acc:.3f}, {PPL_TASK} bits/byte {bpb:.3f}; {record['seconds']:.0f} s on "
+                     f"{record['harness']['device']} ({record['harness']['dtype']}), lm-eval "
+                     f"{record['harness']['version']}")
+        ok = self.make("eval-report", "eval-report", **knobs)
+        report = exp / "eval" / "reports" / suite.stem / "gpu-check-soup"
+        verdict = [line for line in (self.work / "logs" / "eval-report.log").read_text(errors="replace").splitlines()
+                   if "best ingredient" in line]
+        self.row("eval_report", ok and all((report / f).is_file() for f in ("report.md", "report.csv", "report.png")),
+                 f"{verdict[0] if verdict else '-'}; {report}", "" if ok else self.log_tail("eval-report"))
+        seed1 = result_dir(exp, suite.stem, folders["seed1"])
+        record = read_record(seed1)
+        device, dtype = record["harness"]["device"], record["harness"]["dtype"]
+        doc, harness = harness_loglikelihood(seed1)
+        own = forward_loglikelihood(folders["seed1"], doc, device=device, dtype=dtype)
+        tolerance = 1e-4 * abs(own) + 1e-3 if dtype == "float32" else 2e-2 * abs(own)
+        self.row("eval_vs_forward", abs(harness - own) <= tolerance,
+                 f"log-likelihood of a {len(doc)}-character held-out text by seed 1: harness {harness:.4f}, own "
+                 f"forward pass {own:.4f} ({device}, {dtype}; tolerance {tolerance:.1e})")
+
 
 def tokenization_losses(folder: Path, sp_model: Path, texts: list[str], device: str | None = None) -> dict:
     """Mean next-token loss of the Hugging Face model in `folder` on `texts` laid out as Megatron trains (each
@@ -484,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     check.midtrain()
     check.convert_and_compare()
     check.soup_report_status()
+    check.evaluate()
     versions = versions_here(check)
     print(f"\ngpu-check results ({time.monotonic() - started:.0f} s): {versions}")
     print(render(check.rows))
