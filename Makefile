@@ -520,9 +520,11 @@ eval-text: $(VENV_STAMP) ## held-out documents (files not in TASK's SIZE mixture
 		--docs $(EVAL_TEXT_DOCS) --data-list $(call q,$(DATA_LIST))
 
 # convert-base: BASE_CKPT (a checkpoints folder or an iter_NNNNNNN folder; BASE_ITER picks the iteration) with the
-# native converter (CPU, CPU_QUEUE) into EXP_DIR/base_hf, the base of make eval; HF_TOKENIZER_DIR or VOCAB_SIZE
+# native converter (CPU, CPU_QUEUE) into EXP_DIR/base_hf, the base of make eval; HF_TOKENIZER_DIR or VOCAB_SIZE;
+# TOKENIZER_MODEL: the SentencePiece model the folder's tokenizer is checked against (else the checkpoint's record)
 convert_base_args = --load $(call apath,BASE_CKPT) --output $(EXP_DIR)/base_hf --dtype $(CONVERT_DTYPE) \
 	$(if $(HF_TOKENIZER_DIR),--tokenizer $(call apath,HF_TOKENIZER_DIR),--vocab-size $(VOCAB_SIZE)) \
+	$(if $(TOKENIZER_MODEL),--tokenizer-model $(call apath,TOKENIZER_MODEL)) \
 	$(if $(BASE_ITER),--iteration $(BASE_ITER)) $(if $(filter 1,$(FORCE)),--force)
 convert-base: $(VENV_STAMP) ## convert the pretraining checkpoint BASE_CKPT to EXP_DIR/base_hf (native, CPU job)
 	@test -n $(call q,$(BASE_CKPT)) || { echo "make convert-base: set BASE_CKPT=<pretraining checkpoints folder>" >&2; exit 2; }

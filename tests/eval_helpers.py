@@ -117,14 +117,16 @@ def harness_loglikelihood(result: Path) -> tuple[str, float]:
 
 
 def forward_loglikelihood(model_dir: Path, text: str, device: str = "cpu", dtype: str = "float32") -> float:
-    """The converted model's own forward pass over `text`, in the harness's documented convention for a
-    rolling log-likelihood that fits one window: the tokenizer's encoding of the text (its BOS included), each
-    token scored after the BOS prefix token and the tokens before it."""
+    """The converted model's own forward pass over `text` as Megatron trained it: [BOS] + pieces (what
+    tokenizer(text) gives), each piece scored after the tokens before it; BOS itself is not scored. The
+    harness's rolling log-likelihood of a text that fits one window must equal it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype)).to(device).eval()
-    ids = [tokenizer.bos_token_id] + tokenizer(text).input_ids
+    ids = tokenizer(text).input_ids
+    if ids[:1] != [tokenizer.bos_token_id]:
+        raise ValueError(f"{model_dir}: its tokenizer does not start a text with BOS, as Megatron's documents do")
     if len(ids) - 1 > model.config.max_position_embeddings:
         raise ValueError(f"{len(ids) - 1} tokens: longer than one window of the model; choose a shorter text")
     tokens = torch.tensor([ids], device=device)

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from eval_helpers import MC_REPO, MC_TASK, PPL_TASK, forward_loglikelihood, harness_loglikelihood, mc_repo, \
     write_suite
-from gpu.gpu_check import BASE_SEED, SEEDS, Check, hf_tokenizer_folder
+from gpu.gpu_check import BASE_SEED, SEEDS, Check
 from hub_server import HubServer
 from pipeline.eval_results import read_record, result_dir
 
@@ -33,12 +33,14 @@ ITER = "iter_0000050"
 def evaluated(tmp_path_factory):
     """make gpu-check's eval step on the CPU: the Check, its rows, and the experiment it evaluated."""
     from pipeline.convert_native import convert_checkpoint
+    from pipeline.hf_tokenizer import write_hf_tokenizer
     work = tmp_path_factory.mktemp("eval") / "work"
-    check = Check(work, work / "no-megatron", None, "python3")
+    check = Check(work, work / "no-megatron", UPSTREAM / "tokenizer.model", "python3")
     # the sample whose GSM8K test split is the held-out text (make gpu-check's data step writes it there)
     subprocess.run([sys.executable, str(REPO / "demo" / "demo_data.py"), "--output",
                     str(work / "exp" / "dolmino-mix-1124"), "--docs", "4"], check=True, capture_output=True)
-    check.hf_tokenizer = hf_tokenizer_folder(UPSTREAM / "tokenizer.model", work / "hf-tokenizer")
+    check.hf_tokenizer = work / "hf-tokenizer"
+    write_hf_tokenizer(UPSTREAM / "tokenizer.model", check.hf_tokenizer)
     for seed in SEEDS:
         convert_checkpoint(UPSTREAM / f"mid-seed{seed}", check.run_dir("mid", seed) / "checkpoints_hf" / ITER,
                            tokenizer=check.hf_tokenizer, dtype="fp32", show_progress=False, log=lambda _: None)
@@ -104,18 +106,30 @@ def test_each_model_keeps_the_harness_results_and_its_exact_command(evaluated):
         result = results_of(evaluated, label)
         record = read_record(result)
         assert record["model"]["folder"] == str(folder) and record["model"]["label"] == label
-        (run,) = record["runs"]
-        assert run["command"][1:4] == ["-m", "lm_eval", "run"] and run["tasks"] == [MC_TASK, PPL_TASK]
-        assert f"--model_args pretrained={folder},dtype=float32" in run["command_text"]
-        assert "--batch_size auto" in run["command_text"] and "--device cpu" in run["command_text"]
-        harness = json.loads((result / run["results_file"]).read_text())    # the harness's own results JSON
-        assert harness["lm_eval_version"] == "0.4.13" and harness["config"]["model_args"]["pretrained"] == str(folder)
+        # one harness run per BOS setting: the perplexity task's text without the tokenizer's BOS (the harness
+        # puts its own prefix BOS before it), the multiple-choice contexts with it, as Megatron's documents start
+        mc, ppl = record["runs"]
+        assert mc["tasks"] == [MC_TASK] and ppl["tasks"] == [PPL_TASK]
+        assert f"--model_args pretrained={folder},dtype=float32 " in mc["command_text"]
+        assert f"--model_args pretrained={folder},dtype=float32,add_bos_token=False " in ppl["command_text"]
+        for run in (mc, ppl):
+            assert run["command"][1:4] == ["-m", "lm_eval", "run"]
+            assert "--batch_size auto" in run["command_text"] and "--device cpu" in run["command_text"]
+        harness = {**json.loads((result / mc["results_file"]).read_text()),   # the harness's own results JSON
+                   "n-samples": {}, "results": {}}
+        for run in (mc, ppl):
+            own = json.loads((result / run["results_file"]).read_text())
+            assert own["lm_eval_version"] == "0.4.13" and own["config"]["model_args"]["pretrained"] == str(folder)
+            harness["n-samples"].update(own["n-samples"])
+            harness["results"].update(own["results"])
         documents = record["eval_text"]["documents"]
         assert harness["n-samples"][MC_TASK]["effective"] == 6
         assert harness["n-samples"][PPL_TASK]["effective"] == documents
-        assert 0 <= harness["results"][MC_TASK]["acc,none"] <= 1 < harness["results"][PPL_TASK]["bits_per_byte,none"]
+        assert 0 <= harness["results"][MC_TASK]["acc,none"] <= 1
+        assert 0 < harness["results"][PPL_TASK]["bits_per_byte,none"] < 8    # better than not knowing the bytes
         assert record["datasets"][MC_TASK]["commit"] == staged["commit"]
-        assert record["key"]["harness_version"] == "0.4.13" and record["tokenizer"].startswith("tokenizer files")
+        assert record["key"]["harness_version"] == "0.4.13"
+        assert record["tokenizer"].startswith("40 probes encode as trained: tokenizer.model")
 
 
 def test_the_harness_scores_the_model_the_converter_wrote(evaluated):
@@ -186,7 +200,7 @@ def test_a_failing_evaluation_leaves_no_result_and_shows_in_status(evaluated, tm
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     result = run_make(evaluated, "eval", ok=False, **eval_knobs(evaluated, EVAL_MODELS=str(broken)))
-    assert result.returncode != 0 and "the harness exited 1 on tiny_mc, local_ppl" in result.stdout + result.stderr
+    assert result.returncode != 0 and "the harness exited 1 on tiny_mc" in result.stdout + result.stderr
     folder = result_dir(evaluated.work / "exp", "tiny", broken)
     assert not folder.exists() and not list(folder.parent.glob(f".{folder.name}.tmp.*")), "temporaries removed"
     assert (folder.parent / f".{folder.name}.failed.json").is_file()
@@ -209,6 +223,18 @@ def without(folder: Path, tmp: Path, *names: str) -> str:
     return str(copy)
 
 
+def model_only_tokenizer(folder: Path, tmp: Path) -> str:
+    """A copy of `folder` whose tokenizer is the SentencePiece model alone (transformers builds its own from it,
+    which encodes otherwise): what the evaluation must refuse to score."""
+    copy = tmp / "model-only-tokenizer"
+    shutil.copytree(folder, copy)
+    (copy / "tokenizer.json").unlink()
+    shutil.copyfile(UPSTREAM / "tokenizer.model", copy / "tokenizer.model")
+    (copy / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>",
+                                                            "eos_token": "</s>", "unk_token": "<unk>"}))
+    return str(copy)
+
+
 BAD_INPUTS = {
     "unknown task": (lambda c, t: {"EVAL_SUITE": bad_suite(c, t, ("task: tiny_mc", "task: tiny_mcq"))},
                      "tasks[0].task: 'tiny_mcq' is not a task of lm-eval 0.4.13 (closest: tiny_mc"),
@@ -218,8 +244,11 @@ BAD_INPUTS = {
                                                                      "model-00001-of-00001.safetensors")},
                                 "partial-model/model-00001-of-00001.safetensors: model partial-model's weight shard "
                                 "is missing"),
-    "no tokenizer files": (lambda c, t: {"EVAL_MODELS": without(model_folders(c)["seed1"], t, "tokenizer.model")},
+    "no tokenizer files": (lambda c, t: {"EVAL_MODELS": without(model_folders(c)["seed1"], t, "tokenizer.json")},
                            "no tokenizer files (tokenizer.json, tokenizer.model, vocab.json)"),
+    "a tokenizer other than the training one": (
+        lambda c, t: {"EVAL_MODELS": model_only_tokenizer(model_folders(c)["seed1"], t)},
+        "its Hugging Face tokenizer does not encode as the training tokenizer"),
     "unknown suite key": (lambda c, t: {"EVAL_SUITE": bad_suite(c, t, ("num_fewshot: 0\n    metrics: [\"acc",
                                                                         "fewshot: 0\n    metrics: [\"acc"))},
                           "tasks[0]: unknown key(s) fewshot (allowed: dataset, limit, metrics, note, num_fewshot, "
@@ -255,7 +284,8 @@ def test_bad_input_is_refused_with_one_clear_line_and_no_job(evaluated, tmp_path
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and (jobs(evaluated), sorted(plans.glob("*.json"))) == before
     error = [line for line in result.stderr.splitlines() if line.startswith("error:") or line.startswith("  ")]
-    assert len(error) <= 2, result.stderr     # the error line (and, for a list of problems, the one problem)
+    if case != "a tokenizer other than the training one":   # that one shows both id sequences (tokenizer_check)
+        assert len(error) <= 2, result.stderr     # the error line (and, for a list of problems, the one problem)
 
 
 # ---------------------------------------------------------------------------------------------

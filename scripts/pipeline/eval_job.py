@@ -41,12 +41,60 @@ def probe_python(python: str) -> tuple[bool, str]:
     return cuda == "1", version
 
 
-def fewshot_groups(suite: Suite) -> list[tuple[int | None, int | None, list[SuiteTask]]]:
-    """The suite's tasks by (few-shot count, limit), in the suite's order: one harness run each."""
-    groups: dict[tuple[int | None, int | None], list[SuiteTask]] = {}
+def harness_runs(suite: Suite, rolling: set[str]) -> list[tuple[int | None, int | None, bool, list[SuiteTask]]]:
+    """The suite's tasks by (few-shot count, limit, scored by rolling log-likelihood), in the suite's order: one
+    harness run each (the harness takes one few-shot count, limit and BOS setting per run)."""
+    groups: dict[tuple[int | None, int | None, bool], list[SuiteTask]] = {}
     for task in suite.tasks:
-        groups.setdefault((task.num_fewshot, task.limit), []).append(task)
-    return [(shots, limit, tasks) for (shots, limit), tasks in groups.items()]
+        groups.setdefault((task.num_fewshot, task.limit, task.task in rolling), []).append(task)
+    return [(shots, limit, is_rolling, tasks) for (shots, limit, is_rolling), tasks in groups.items()]
+
+
+ROLLING = "loglikelihood_rolling"
+
+
+def rolling_tasks(names: list[str], include: Path) -> set[str]:
+    """Which of the tasks the harness scores by rolling log-likelihood (perplexity, bits per byte).
+
+    Their text must reach the model as Megatron trained it, [BOS] + pieces: the harness puts its prefix token
+    (BOS) before the first window itself, so the text is encoded without the tokenizer's own BOS there
+    (add_bos_token=False); otherwise lm-eval 0.4.13 feeds BOS twice and scores predicting the second. The other
+    tasks keep the tokenizer's default, which (make hf-tokenizer) starts every context with BOS as in training.
+    A group or tag counts when all its tasks do; one that mixes both kinds is refused."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import Kind
+    manager = TaskManager(include_defaults=False, include_path=[str(include)])
+    if not all(name in manager.task_index for name in names):   # the whole registry takes seconds: only if needed
+        manager = TaskManager(include_path=[str(include)])
+    index = manager.task_index
+
+    def kinds(name: str, seen: frozenset = frozenset()) -> set[bool]:
+        entry = index.get(name)
+        if entry is None or name in seen:
+            return set()
+        if entry.kind == Kind.TASK:
+            return {(entry.cfg or {}).get("output_type") == ROLLING}
+        if entry.kind == Kind.GROUP:
+            members = (entry.cfg or {}).get("task") or []
+        else:
+            members = [other for other, e in index.items() if e.kind == Kind.TASK and name in (e.tags or ())]
+        found: set[bool] = set()
+        for member in members:
+            if isinstance(member, dict):
+                found.add(member.get("output_type") == ROLLING)
+            else:
+                found |= kinds(member, seen | {name})
+        return found
+
+    rolling = set()
+    for name in names:
+        found = kinds(name)
+        if found == {True, False}:
+            fail(f"task {name}: mixes perplexity (rolling log-likelihood) tasks and others, which need different BOS "
+                 "settings in the harness; list its tasks separately in the suite")
+        if found == {True}:
+            rolling.add(name)
+    return rolling
 
 
 def write_include_dir(folder: Path, suite: Suite, eval_text: Path | None) -> Path:
@@ -63,8 +111,10 @@ def write_include_dir(folder: Path, suite: Suite, eval_text: Path | None) -> Pat
 
 
 def harness_command(python: str, *, backend: str, model: Path, dtype: str, device: str, batch_size: str,
-                    tasks: list[str], shots: int | None, limit: int | None, output: Path, include: Path) -> list[str]:
-    cmd = [python, "-m", "lm_eval", "run", "--model", backend, "--model_args", f"pretrained={model},dtype={dtype}",
+                    tasks: list[str], shots: int | None, limit: int | None, output: Path, include: Path,
+                    rolling: bool = False) -> list[str]:
+    model_args = f"pretrained={model},dtype={dtype}" + (",add_bos_token=False" if rolling else "")
+    cmd = [python, "-m", "lm_eval", "run", "--model", backend, "--model_args", model_args,
            "--tasks", ",".join(tasks), "--batch_size", batch_size, "--output_path", str(output),
            "--include_path", str(include), "--log_samples"]
     if backend == "hf":
@@ -132,11 +182,12 @@ def _evaluate(plan: dict, exp: Path, model: EvalModel, result: Path, python: str
     try:
         include = write_include_dir(tmp / "tasks", suite, eval_text)
         env = {**os.environ, **cache_env(exp, offline=True), "TOKENIZERS_PARALLELISM": "false"}
-        for number, (shots, limit, tasks) in enumerate(fewshot_groups(suite)):
+        rolling = rolling_tasks([t.task for t in suite.tasks], include)
+        for number, (shots, limit, is_rolling, tasks) in enumerate(harness_runs(suite, rolling)):
             output = tmp / HARNESS_DIR / str(number)
             cmd = harness_command(python, backend=plan["backend"], model=model.folder, dtype=dtype, device=device,
                                   batch_size=plan["batch_size"], tasks=[t.task for t in tasks], shots=shots,
-                                  limit=limit, output=output, include=include)
+                                  limit=limit, output=output, include=include, rolling=is_rolling)
             print(f"eval: {model.label}: run {number + 1}: {shlex.join(cmd)}", flush=True)
             run_started = time.monotonic()
             status = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL).returncode
