@@ -110,6 +110,29 @@ def test_the_data_chain_as_dependent_jobs_gives_the_bytes_of_a_local_run(real_pb
     assert re.search(r"F \(exit 0, 3 subjobs\)", status_line(status, extract)), status
 
 
+def test_a_failed_extract_chunk_never_leads_to_a_merged_tree(real_pbs, make, exp_dir):
+    run_script("demo_data", "--output", str(exp_dir / DATASET), "--docs", "5", folder=DEMO)
+    broken = sorted((exp_dir / DATASET).rglob("*.gz"))[0]
+    broken.write_bytes(b"not gzip at all")
+    extract = make("-s", "extract", *PBS, "EXTRACT_CHUNKS=3", "ALLOW_PARTIAL=1").stdout.strip()
+    merge = make("-s", "merge", *PBS, f"DEPEND=afterok:{extract}").stdout.strip()
+    records = real_pbs.wait([extract, merge])
+    subjobs = [v["Exit_status"] for k, v in records.items() if "[" in k and k != extract]
+    assert sorted(status != 0 for status in subjobs) == [False, False, True], subjobs
+    # OpenPBS gives an array the Exit_status of whichever subjob ended last, and afterok on the array reads that:
+    # so merge was either deleted or ran; when it ran, it found extract incomplete and wrote nothing
+    ran = "Exit_status" in records[merge]
+    if ran:
+        assert records[merge]["Exit_status"] != 0
+        assert "extract is not complete" in (exp_dir / "logs" / f"merge-{DATASET}-{merge}.log").read_text()
+    merged = exp_dir / f"{DATASET}-extracted-merged"
+    assert not merged.exists() or not [p for p in merged.rglob("*") if p.is_file()]
+    status = make("status", *PBS).stdout
+    assert re.search(r"F \(1 of 3 subjobs failed: \[\d\] exit [1-9]", status_line(status, extract)), status
+    assert re.search(r"F \(exit [1-9]\d*\)" if ran else r"F \(deleted: its dependency failed\)",
+                     status_line(status, merge)), status
+
+
 def test_make_status_tells_every_way_a_job_ended_and_what_it_can_without_history(real_pbs, make, exp_dir,
                                                                                    tmp_path):
     from pipeline.preflight import live_job
@@ -329,3 +352,35 @@ def test_without_job_history_a_running_job_is_still_found(make, exp_dir, fake_pb
     assert live_job(setup.exp, setup.run(42), "pbs") is None
     status = make("status", "SCHEDULER=pbs").stdout
     assert re.search(r"unknown to qstat \(no job history\?\); no exit status in its log", status_line(status, first))
+
+
+def test_mpirun_gets_the_node_files_hosts_and_reaches_them_through_pbs_tmrsh(tmp_path):
+    nodefile = tmp_path / "nodes"
+    nodefile.write_text("gpu01\ngpu02\n")
+    tmrsh = tmp_path / "pbs" / "bin" / "pbs_tmrsh"          # found through pbs.conf: a job's PATH may lack it
+    tmrsh.parent.mkdir(parents=True)
+    tmrsh.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    tmrsh.chmod(0o755)
+    conf = tmp_path / "pbs.conf"
+    conf.write_text(f"PBS_SERVER=pbs1\nPBS_EXEC={tmp_path / 'pbs'}\n")
+    script = (f'source {REPO}/pbs/megatron.sh; PBS_NODEFILE={nodefile}; PBS_JOBID=4711.pbs1; GPUS_PER_NODE=8; '
+              'LAUNCHER=mpi; TRAIN_PYTHON=python3; REPO_DIR=/repo; '
+              'job_gpus; job_launcher; megatron_launch pretrain_gpt.py; printf "%s\\n" "${launch[@]}"')
+
+    def launch(**env) -> list[str]:
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                              env={"PATH": "/usr/bin:/bin", "PBS_CONF_FILE": str(conf), **env}).stdout.split("\n")
+
+    argv = launch()
+    assert argv[:12] == ["mpirun", "--display-allocation", "--report-bindings", "--oversubscribe", "-np", "16",
+                         "--npernode", "8", "-bind-to", "none", "-map-by", "slot"]
+    assert argv[12:20] == ["--host", "gpu01:8,gpu02:8", "--mca", "plm_rsh_agent", "/repo/pbs/tm_rsh.sh",
+                           "--mca", "plm_rsh_no_tree_spawn", "1"]
+    assert "plm_rsh_agent" not in launch(OMPI_MCA_plm_rsh_agent="ssh")      # the site's or the user's choice
+    nodefile.write_text("gpu01\n")
+    assert "plm_rsh_agent" not in launch() and "gpu01:8" in launch()        # one node: nothing to reach
+    # the agent: OpenMPI hands over the daemon's command line as one text, as to ssh; a shell on the host runs it
+    given = ' orted -mca ess "env" -mca orte_hnp_uri "1.0;tcp://10.0.0.1:4000"'
+    agent = subprocess.run(["bash", str(REPO / "pbs" / "tm_rsh.sh"), "gpu02", given], capture_output=True, text=True,
+                           check=True, env={"PATH": "/usr/bin:/bin", "PBS_TMRSH": str(tmrsh)}).stdout
+    assert agent.split("\n")[:4] == ["gpu02", "/bin/sh", "-c", given]

@@ -201,6 +201,12 @@ def array_indices(spec: str) -> list[int]:
     return list(range(start, end + 1, step))
 
 
+# shell-quoted word lists that a job splits (shlex) and never evaluates: qsub gets them re-quoted as shlex.join
+# does, with quotes only around the words that need them (the Makefile quotes every word), since qsub -v
+# cannot carry a quote
+SHELL_WORDS = ("STEP_ARGS", "PLAN_ARGS")
+
+
 def quote_value(name: str, value: str) -> str:
     """One `NAME=VALUE` item of qsub -v: a value with commas or spaces goes in single quotes. PBS's qsub cannot
     carry a quote or a backslash inside a value (OpenPBS 23.06 turns quotes into backslashes, doubles
@@ -227,6 +233,12 @@ def qsub_command(job: Job, group: str, queue: str, rtype: str, log_dir: Path) ->
     variables = dict(job.variables)
     if rtype:
         variables["RTYPE"] = rtype
+    for name in SHELL_WORDS:
+        if name in variables:
+            try:
+                variables[name] = shlex.join(shlex.split(variables[name]))
+            except ValueError:
+                pass        # the job's own split of it says what is wrong
     cmd = ["qsub", "-N", job.name, "-P", group, "-q", queue, "-l", f"select={job.nodes}"]
     if job.walltime:
         if not WALLTIME.match(job.walltime):

@@ -117,7 +117,8 @@ def forgotten_state(exp: Path, job: dict, scheduler: str) -> str:
     statuses = logged_statuses(exp, job)
     if not statuses:
         return f"unknown to {asked} (no job history?); no exit status in its log: it never ran, or was killed"
-    bad = {index: status for index, status in sorted(statuses.items()) if status != 0}
+    order = sorted(statuses, key=lambda index: (len(index), index))     # 2 before 10
+    bad = {index: statuses[index] for index in order if statuses[index] != 0}
     if not job.get("array"):
         return f"ended: exit {next(iter(statuses.values()))} (its log; unknown to {asked})"
     expected = len(array_indices(job["array"]))
