@@ -106,6 +106,8 @@ def build(source: Path, log=print) -> tuple[Path | None, str]:
         if (folder / "failed").is_file():
             return None, (folder / "failed").read_text().strip()
         prefix = folder / "exec"
+        for stale in folder.glob("build.*"):       # left by a build that was killed (the lock is ours now)
+            shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix="build.", dir=folder))
         build_log = folder / "build.log"
         try:
