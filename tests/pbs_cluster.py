@@ -106,9 +106,9 @@ def build(source: Path, log=print) -> tuple[Path | None, str]:
         if (folder / "failed").is_file():
             return None, (folder / "failed").read_text().strip()
         prefix = folder / "exec"
-        for stale in folder.glob("build.*"):       # left by a build that was killed (the lock is ours now)
+        for stale in folder.glob("work.*"):       # left by a build that was killed (the lock is ours now)
             shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix="build.", dir=folder))
+        work = Path(tempfile.mkdtemp(prefix="work.", dir=folder))
         build_log = folder / "build.log"
         try:
             log(f"building OpenPBS from {source.name} into {prefix} (minutes, once per machine; log: {build_log})")
