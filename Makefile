@@ -121,6 +121,8 @@ help: ## list the targets and the main knobs
 	@echo Knobs: EXP_DIR=$(call q,$(EXP_DIR)) SCHEDULER=$(SCHEDULER) DATASET=$(DATASET) TASK=$(TASK)
 	@echo '       'PARAM=$(call q,$(PARAM)) SIZE=$(SIZE) SEED=$(SEED) NODES=$(NODES) DEPEND=$(call q,$(DEPEND))
 	@echo "       PBS_GROUP PBS_QUEUE PBS_RTYPE WALLTIME TOKENIZER_MODEL MEGATRON_PATH ENV_DIR (no defaults)"
+	@echo "       HF_TOKENIZER_DIR (the Hugging Face tokenizer folder: make hf-tokenizer writes it, convert and soup"
+	@echo "       check it against TOKENIZER_MODEL) TOKENIZER_CHECK_DOCS (documents make hf-tokenizer checks too)"
 
 # ---------------------------------------------------------------------------------------------
 # Set-up and checks
@@ -149,23 +151,32 @@ lock: ## re-resolve requirements.in into the pinned requirements.txt (needs the 
 .PHONY: demo bench status gpu-check
 # every demo step runs locally on the sample; each line is one pipeline target
 DEMO_MAKE = $(MAKE) --no-print-directory $(call q,EXP_DIR=$(DEMO_DIR)) SCHEDULER=local DATASET=dolmino-mix-1124 TOKENIZER_NAME=demo
+# the demo's tokenizer (trained on the sample unless TOKENIZER_MODEL is given) and its Hugging Face folder (built by
+# make hf-tokenizer unless HF_TOKENIZER_DIR names a published one, which is checked), carried by the stand-in runs
+DEMO_TOKENIZER = $(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model)
+DEMO_HF_TOKENIZER = $(or $(HF_TOKENIZER_DIR),$(DEMO_DIR)/tokenizer/hf)
 demo: $(VENV_STAMP) ## run the whole pipeline on a generated dolmino-shaped sample under DEMO_DIR
 	$(PY) $(REPO)/demo/demo_data.py --output $(call q,$(DEMO_DIR)/dolmino-mix-1124)
 	$(DEMO_MAKE) extract merge ALLOW_PARTIAL=1
-	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/demo/train_tokenizer.py --input $(call q,$(DEMO_DIR)/dolmino-mix-1124-extracted-merged) --output $(call q,$(DEMO_DIR)/tokenizer/demo.model) && )$(DEMO_MAKE) tokenize $(call q,TOKENIZER_MODEL=$(or $(TOKENIZER_MODEL),$(DEMO_DIR)/tokenizer/demo.model))
+	$(if $(TOKENIZER_MODEL),,$(PY) $(REPO)/demo/train_tokenizer.py --input $(call q,$(DEMO_DIR)/dolmino-mix-1124-extracted-merged) --output $(call q,$(DEMO_DIR)/tokenizer/demo.model) && )$(DEMO_MAKE) tokenize $(call q,TOKENIZER_MODEL=$(DEMO_TOKENIZER))
+	$(DEMO_MAKE) hf-tokenizer $(call q,TOKENIZER_MODEL=$(DEMO_TOKENIZER)) $(call q,HF_TOKENIZER_DIR=$(DEMO_HF_TOKENIZER))
 	$(DEMO_MAKE) count mix TASK=demo SIZE=demo PARAM=tiny
-	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(call q,$(DEMO_DIR)) --task demo --param tiny --size demo --seeds "1 2 3"
-	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" SOUP_NAME=demo-soup $(call q,SOUP_CONFIG_DIR=$(DEMO_DIR)/merge)
+	$(PY) $(REPO)/demo/make_tiny_runs.py --exp-dir $(call q,$(DEMO_DIR)) --task demo --param tiny --size demo --seeds "1 2 3" \
+		--tokenizer-dir $(call q,$(DEMO_HF_TOKENIZER))
+	$(DEMO_MAKE) soup-config soup TASK=demo PARAM=tiny SIZE=demo SEEDS="1 2 3" SOUP_NAME=demo-soup $(call q,SOUP_CONFIG_DIR=$(DEMO_DIR)/merge) \
+		$(call q,TOKENIZER_MODEL=$(DEMO_TOKENIZER))
 	$(DEMO_MAKE) status
 
 # gpu-check: on a machine with a GPU; MEGATRON_PATH (or ENV_DIR), TOKENIZER_MODEL (default: trained on the sample),
-# TRAIN_PYTHON (default: ENV_DIR's venv python, else python3); GPU_CHECK_DIR is emptied and rewritten
+# HF_TOKENIZER_DIR (default: make hf-tokenizer builds it), TRAIN_PYTHON (default: ENV_DIR's venv python, else python3);
+# GPU_CHECK_DIR is emptied and rewritten
 GPU_CHECK_DIR ?= $(EXP_DIR)/gpu-check
 gpu-check: $(VENV_STAMP) ## the training half for real on this machine's GPU: one row per check (minutes)
 	@test -n $(call q,$(or $(MEGATRON_PATH),$(ENV_DIR))) || { echo "make gpu-check: set MEGATRON_PATH=<Megatron-LM checkout> (or ENV_DIR)" >&2; exit 2; }
 	$(PY) $(REPO)/tests/gpu/gpu_check.py --megatron-path $(call q,$(abspath $(or $(MEGATRON_PATH),$(ENV_DIR)/src/Megatron-LM))) \
 		--work-dir $(call q,$(abspath $(GPU_CHECK_DIR))) --tokenizer-model $(call q,$(if $(TOKENIZER_MODEL),$(abspath $(TOKENIZER_MODEL)))) \
 		--train-python $(call q,$(TRAIN_PYTHON)) --env-dir $(call q,$(if $(ENV_DIR),$(abspath $(ENV_DIR)))) \
+		--hf-tokenizer-dir $(call q,$(if $(HF_TOKENIZER_DIR),$(call apath,HF_TOKENIZER_DIR))) \
 		--json $(call q,$(abspath $(GPU_CHECK_DIR)).json)
 
 BENCH_ARGS ?=
@@ -289,7 +300,7 @@ data: ## extract -> merge -> tokenize -> count -> mix, one after another here (S
 # ---------------------------------------------------------------------------------------------
 # Training: env -> init -> train (per seed) -> convert -> soup
 # ---------------------------------------------------------------------------------------------
-.PHONY: env env-check args init ckpt-info train train-seeds chain convert soup-config soup report
+.PHONY: env env-check args init ckpt-info train train-seeds chain hf-tokenizer convert soup-config soup report
 # env / env-check: ENV_CONFIG holds the pins; DRY_RUN=1 prints the installer's commands and runs nothing;
 # ENV_PYTHON checks that interpreter instead of ENV_DIR's venv; ENV_CHECK_ARGS e.g. --no-gpu on a login node
 ENV_CONFIG ?= $(REPO)/params/environment.toml
@@ -372,6 +383,18 @@ chain: $(VENV_STAMP) ## submit init -> train -> convert per seed, then soup, cha
 		--soup-var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --soup-var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
 		--soup-var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
 
+# hf-tokenizer: the Hugging Face tokenizer folder of TOKENIZER_MODEL, written to HF_TOKENIZER_DIR (default
+# EXP_DIR/hf-tokenizer/<TOKENIZER_NAME>) after its check id for id against SentencePiece (the probe set, plus the
+# documents of TOKENIZER_CHECK_DOCS: JSONL or text files); FORCE=1 rebuilds. A folder it did not write (a published
+# one) is only checked, never written to, and used as given when it passes.
+TOKENIZER_CHECK_DOCS ?=
+HF_TOKENIZER_OUT = $(or $(HF_TOKENIZER_DIR),$(EXP_DIR)/hf-tokenizer/$(TOKENIZER_NAME))
+hf-tokenizer: $(VENV_STAMP) ## Hugging Face tokenizer folder of TOKENIZER_MODEL, checked id for id (HF_TOKENIZER_DIR)
+	@if [ -z $(call q,$(strip $(TOKENIZER_MODEL))) ]; then echo "make hf-tokenizer: TOKENIZER_MODEL is not set: give the" \
+		"SentencePiece model, e.g. TOKENIZER_MODEL=/path/to/llm-jp-tokenizer-100k.ver3.1.model" >&2; exit 2; fi
+	$(PY) $(REPO)/scripts/hf_tokenizer.py --tokenizer-model $(call q,$(call apath,TOKENIZER_MODEL)) \
+		--output $(call q,$(call apath,HF_TOKENIZER_OUT))$(foreach f,$(TOKENIZER_CHECK_DOCS), --documents $(call q,$(f)))$(if $(filter 1,$(FORCE)), --force)
+
 # convert: CONVERTER=megatron (the three Megatron-LM steps on GPUs; MEGATRON_PATH or ENV_DIR) or native
 # (scripts/convert_to_hf.py on a CPU node, CPU_QUEUE if set); ITER=N or latest (the default, read when the job
 # starts); HF_TOKENIZER_DIR = the Hugging Face tokenizer folder copied into the output (the Megatron saver needs
@@ -393,7 +416,9 @@ convert: $(VENV_STAMP) ## convert a run's Megatron checkpoint to Hugging Face fo
 # iteration of every ingredient (default: the latest converted); SOUP_NAME names SOUP_CONFIG_DIR/<SOUP_NAME>.yaml
 # and EXP_DIR/soups/<SOUP_NAME>/ (default TASK_PARAM_SIZES); SOUP_DTYPE is the merge dtype. soup: SOUP_CONFIG is
 # the config (default SOUP_CONFIG_DIR/SOUP_NAME.yaml); SOUP_VERIFY=sample checks a subset of tensors (full:
-# every one); SOUP_CUDA=1 merges on a GPU (use a GPU queue); SOUP_SHARD_SIZE is parameters per output shard.
+# every one); SOUP_CUDA=1 merges on a GPU (use a GPU queue); SOUP_SHARD_SIZE is parameters per output shard;
+# TOKENIZER_MODEL: the runs' training tokenizer (default: what their train_args.json or conversion records name),
+# which the ingredients' and the soup's tokenizer must encode as.
 SOUP_SPACE := $(subst ,, )
 soup_sizes = $(sort $(foreach s,$(SEEDS),$(if $(findstring :,$(s)),$(firstword $(subst :, ,$(s))),$(SIZE))))
 SOUP_NAME ?= $(TASK)_$(PARAM)_$(subst $(SOUP_SPACE),+,$(soup_sizes))
@@ -404,7 +429,8 @@ SOUP_VERIFY ?= full
 SOUP_CUDA ?= 0
 SOUP_DTYPE ?= bfloat16
 SOUP_SHARD_SIZE ?= 5B
-soup_job_args = --verify $(call q,$(SOUP_VERIFY)) --cuda $(call q,$(SOUP_CUDA)) --shard-size $(call q,$(SOUP_SHARD_SIZE))
+soup_job_args = --verify $(call q,$(SOUP_VERIFY)) --cuda $(call q,$(SOUP_CUDA)) --shard-size $(call q,$(SOUP_SHARD_SIZE)) \
+	--tokenizer-model $(call q,$(if $(TOKENIZER_MODEL),$(call apath,TOKENIZER_MODEL)))
 soup-config: $(VENV_STAMP) ## write merge/<SOUP_NAME>.yaml averaging the seed runs
 	$(PY) $(REPO)/scripts/soup_config.py --exp-dir $(call q,$(EXP_DIR)) --task $(TASK) --param $(call q,$(PARAM)) \
 		--size $(SIZE) --seeds $(call q,$(SEEDS)) --iter $(call q,$(ITER)) --name $(call q,$(SOUP_NAME)) \
@@ -417,7 +443,8 @@ soup: $(VENV_STAMP) ## merge the runs of SOUP_CONFIG=merge/<name>.yaml with merg
 	$(SUBMIT) --template pbs/soup.pbs --name $(call q,soup-$(basename $(notdir $(call apath,SOUP_CONFIG)))) \
 		--walltime $(call walltime,SOUP) --var $(call q,SOUP_CONFIG=$(call apath,SOUP_CONFIG)) \
 		--var $(call q,SOUP_VERIFY=$(SOUP_VERIFY)) --var $(call q,SOUP_CUDA=$(SOUP_CUDA)) \
-		--var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE))
+		--var $(call q,SOUP_SHARD_SIZE=$(SOUP_SHARD_SIZE)) \
+		$(if $(TOKENIZER_MODEL),--var $(call q,TOKENIZER_MODEL=$(call apath,TOKENIZER_MODEL)))
 
 # report: RUN_DIR=<run folder(s)> given on the command line wins; else TASK PARAM SIZE with SEEDS when
 # SEEDS is given on the command line (one plot, a line per seed), else SEED. SEQ_LENGTH overrides the

@@ -22,9 +22,12 @@ from pathlib import Path
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent / "demo")]  # pipeline/, and make_tiny_runs.py
 
-from make_tiny_runs import make_tiny_model, tiny_tokenizer  # noqa: E402
+from make_tiny_runs import make_tiny_model  # noqa: E402
 from pipeline.errors import fail, run_main  # noqa: E402
+from pipeline.hf_tokenizer import write_hf_tokenizer  # noqa: E402
+from pipeline.sample import ACCENTED, CODE, JAPANESE, WORDS  # noqa: E402
 from pipeline.soup import DTYPES, load_checkpoint  # noqa: E402
+from pipeline.tokenizer_training import train_sentencepiece  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,9 +53,12 @@ def timed(cmd: list[str], env: dict) -> float:
 def bench(args: argparse.Namespace, work: Path) -> None:
     if args.models < 2 or args.hidden % 4 or args.layers < 1:
         fail("--models must be >= 2, --hidden a multiple of 4, --layers >= 1")
-    tokenizer = tiny_tokenizer()
+    tokenizer_model = train_sentencepiece(None, work / "tokenizer" / "bench.model", 300,
+                                          texts=[" ".join(WORDS)] + JAPANESE + CODE + ACCENTED)
+    tokenizer_dir = work / "tokenizer" / "hf"
+    write_hf_tokenizer(tokenizer_model, tokenizer_dir)
     models = [make_tiny_model(work / f"seed{i}", i, dtype=args.dtype, hidden=args.hidden, layers=args.layers,
-                              vocab=args.vocab, tokenizer=tokenizer) for i in range(args.models)]
+                              vocab=args.vocab, tokenizer_dir=tokenizer_dir) for i in range(args.models)]
     params = sum(math_prod(t.shape) for t in load_checkpoint(models[0]).tensors.values())
     config = work / "bench.yaml"
     config.write_text("merge_method: linear\nmodels:\n" + "".join(
@@ -62,14 +68,15 @@ def bench(args: argparse.Namespace, work: Path) -> None:
     reference = timed([str(cli), str(config), str(work / "reference"), "--lazy-unpickle", "--quiet",
                        "--no-write-model-card"], env)
     exp = work / "exp"
-    ours = timed([sys.executable, str(SCRIPTS / "soup.py"), "--config", str(config), "--exp-dir", str(exp)], env)
+    soup = [sys.executable, str(SCRIPTS / "soup.py"), "--config", str(config), "--exp-dir", str(exp),
+            "--tokenizer-model", str(tokenizer_model)]
+    ours = timed(soup, env)
     record = json.loads((exp / "soups" / "bench" / "soup.json").read_text())
     full_verify = record["verification"]["seconds"]
     merge_s = record["merge_seconds"]
     import shutil
     shutil.rmtree(exp / "soups")
-    ours_sample = timed([sys.executable, str(SCRIPTS / "soup.py"), "--config", str(config), "--exp-dir", str(exp),
-                         "--verify", "sample"], env)
+    ours_sample = timed([*soup, "--verify", "sample"], env)
     sample_record = json.loads((exp / "soups" / "bench" / "soup.json").read_text())["verification"]
 
     print(f"\nsoup benchmark: {args.models} x {params / 1e6:.1f}M-parameter Llama ({args.dtype}, hidden {args.hidden}, "

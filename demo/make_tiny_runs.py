@@ -2,11 +2,12 @@
 """Create tiny Llama models laid out as converted seed runs, to stand in for real ones (demo, tests).
 
 Each seed gets `<EXP_DIR>/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/checkpoints_hf/iter_NNNNNNN/`
-with config.json, model.safetensors (random weights from the seed) and a small word-level
-tokenizer, the layout `make convert` produces. CPU only, no network, well under a second per
-model; a model already there is left alone (the output is a function of the arguments).
+with config.json, model.safetensors (random weights from the seed) and the files of a Hugging Face
+tokenizer folder (make hf-tokenizer's), the layout `make convert` produces. CPU only, no network, well
+under a second per model; a model already there is left alone (the output is a function of the arguments).
 
-    make_tiny_runs.py --exp-dir exp/demo --task demo --param tiny --size demo --seeds "1 2 3" --iter 1
+    make_tiny_runs.py --exp-dir exp/demo --task demo --param tiny --size demo --seeds "1 2 3" --iter 1 \\
+                      --tokenizer-dir exp/demo/tokenizer/hf
 """
 from __future__ import annotations
 
@@ -18,28 +19,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # pipeline/ lives in scripts/
 from pipeline.errors import fail, run_main
+from pipeline.hf_folder import tokenizer_files
 from pipeline.paths import exp_dir, run_dir
 from pipeline.soup import CHECKPOINTS_HF, DTYPES, iter_dir_name
 
-WORDS = ("the a of to and in is it that for on with as was by this be are from at or an have not but "
-         "one two three four five six seven eight nine ten model soup seed run data token").split()
 
-
-def tiny_tokenizer():
-    """A word-level tokenizer over WORDS with <unk>, <s>, </s> (ids 0, 1, 2)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>")
-
-
-def make_tiny_model(path: Path, seed: int, *, dtype: str = "float32", hidden: int = 32, layers: int = 2,
-                    vocab: int = 64, tokenizer=None) -> Path:
-    """A random tiny LlamaForCausalLM (and tokenizer) saved at `path`; skipped when already there."""
+def make_tiny_model(path: Path, seed: int, *, tokenizer_dir: Path, dtype: str = "float32", hidden: int = 32,
+                    layers: int = 2, vocab: int | None = None) -> Path:
+    """A random tiny LlamaForCausalLM saved at `path` with the files of the tokenizer folder `tokenizer_dir`
+    copied beside it, as the converter does (its vocabulary: the tokenizer's size unless `vocab`); skipped when
+    already there."""
     if (path / "config.json").is_file():
         return path
     if dtype not in DTYPES:
@@ -47,16 +36,18 @@ def make_tiny_model(path: Path, seed: int, *, dtype: str = "float32", hidden: in
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    vocab = vocab or len(tokenizer)
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, tie_word_embeddings=False, bos_token_id=1,
-                         eos_token_id=2)
+                         max_position_embeddings=128, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # the norms start at 1.0 in every seed; make them differ like trained ones
         for name, param in model.named_parameters():
@@ -66,7 +57,8 @@ def make_tiny_model(path: Path, seed: int, *, dtype: str = "float32", hidden: in
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    (tokenizer or tiny_tokenizer()).save_pretrained(tmp)
+    for source in tokenizer_files(Path(tokenizer_dir)):
+        shutil.copyfile(source, tmp / source.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, path)
     return path
@@ -74,9 +66,8 @@ def make_tiny_model(path: Path, seed: int, *, dtype: str = "float32", hidden: in
 
 def make_tiny_runs(exp: Path, task: str, param: str, size: str, seeds: list[int], iteration: int,
                    **model_args) -> list[Path]:
-    tokenizer = tiny_tokenizer()
     return [make_tiny_model(run_dir(exp, task, param, size, seed) / CHECKPOINTS_HF / iter_dir_name(iteration),
-                            seed, tokenizer=tokenizer, **model_args) for seed in seeds]
+                            seed, **model_args) for seed in seeds]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--param", required=True, help="PARAM part of the run directories")
     parser.add_argument("--size", required=True, help="SIZE part of the run directories")
     parser.add_argument("--seeds", required=True, help="space-separated seeds, one tiny model each")
+    parser.add_argument("--tokenizer-dir", required=True, type=Path,
+                        help="the Hugging Face tokenizer folder the models carry (make hf-tokenizer's)")
     parser.add_argument("--iter", type=int, default=1, help="iteration of the fake converted checkpoint")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype the weights are saved in")
     parser.add_argument("--hidden", type=int, default=32, help="hidden size (attention: 4 heads, 2 kv heads)")
@@ -103,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds or args.hidden % 4 or args.hidden <= 0 or args.layers <= 0 or args.iter < 0:
         fail("--seeds must name at least one seed; --hidden a positive multiple of 4; --layers >= 1; --iter >= 0")
     paths = make_tiny_runs(exp_dir(args.exp_dir), args.task, args.param, args.size, seeds, args.iter,
-                           dtype=args.dtype, hidden=args.hidden, layers=args.layers)
+                           tokenizer_dir=args.tokenizer_dir, dtype=args.dtype, hidden=args.hidden,
+                           layers=args.layers)
     for path in paths:
         print(f"tiny run: {path}")
     return 0

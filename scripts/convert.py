@@ -6,6 +6,7 @@
     convert.py locate RUN...                     # (job) run folder, iteration, output folder; one per line
     convert.py step1-args RUN... --tmp DIR       # (job) pretrain_gpt.py's arguments for step 1, one per line
     convert.py record DIR --converter megatron ...   # (job) provenance JSON inside a converted folder
+    convert.py check-tokenizer DIR --run-dir RUN # (job) its tokenizer encodes as the run's SentencePiece model
     convert.py check DIR                         # config.json and every safetensors shard load
 
 RUN... names the run as make does: --exp-dir --task --param --size --seed (plus --data-list,
@@ -18,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.atomic import write_json, write_text
+from pipeline.atomic import read_json, write_json, write_text
 from pipeline.convert_job import CONVERTERS, DTYPES, check_inputs, conversion_args, output_dir, step1_resolved
 from pipeline.convert_submit import show_plan, submit_conversion
 from pipeline.errors import fail, run_main
@@ -58,6 +59,20 @@ def do_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def do_check_tokenizer(args: argparse.Namespace) -> int:
+    """The converted folder's tokenizer against the run's SentencePiece model; the verdict goes into its record."""
+    from pipeline.tokenizer_check import (describe_verdict, recorded_tokenizers, run_documents, training_tokenizer,
+                                          verify_hf_tokenizer)
+    folder, run = Path(args.folder), Path(args.run_dir)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    model = training_tokenizer(args.tokenizer_model or None, recorded_tokenizers(run, checkpoint), f"the run {run}")
+    verdict = verify_hf_tokenizer(folder, model, run_documents(run))
+    record = read_json(folder / RECORD_FILE, bad="fail") or {}
+    write_json(folder / RECORD_FILE, {**record, "tokenizer_check": verdict})
+    print(f"{folder}: tokenizer: {describe_verdict(verdict)}")
+    return 0
+
+
 def do_check(args: argparse.Namespace) -> int:
     from pipeline.convert_native import check_hf_folder
     check_hf_folder(args.folder, load_config=not args.no_transformers)
@@ -91,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype written")
     p.add_argument("--step1-args", default="", help="file with step 1's arguments, one per line")
     p.add_argument("--steps", default="", help="JSON list of the commands run")
+    p = sub.add_parser("check-tokenizer", help="(job) the converted folder's tokenizer encodes as the run's "
+                       "SentencePiece model; the verdict goes into its record")
+    p.add_argument("folder", help="the converted folder")
+    p.add_argument("--run-dir", required=True, help="the run folder (its train_args.json and data)")
+    p.add_argument("--checkpoint", default="", help="the Megatron iteration folder converted")
+    p.add_argument("--tokenizer-model", default="", help="TOKENIZER_MODEL (default: the one the run records)")
     p = sub.add_parser("check", help="config.json and every safetensors shard of a converted folder load")
     p.add_argument("folder", help="Hugging Face model folder")
     p.add_argument("--no-transformers", action="store_true", help="do not load config.json with transformers")
@@ -108,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         if job_id:
             print(job_id)
         return 0
-    return {"locate": do_locate, "step1-args": do_step1_args, "record": do_record, "check": do_check}[args.command](args)
+    return {"locate": do_locate, "step1-args": do_step1_args, "record": do_record, "check-tokenizer": do_check_tokenizer,
+            "check": do_check}[args.command](args)
 
 
 if __name__ == "__main__":

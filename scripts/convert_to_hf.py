@@ -6,7 +6,7 @@ from the checkpoint's own saved arguments, and the output (sharded safetensors w
 config.json, generation_config.json, tokenizer files when given) appears complete or not at all.
 
     convert_to_hf.py --load RUN/checkpoints --output RUN/checkpoints_hf/iter_0001000 \\
-                     --tokenizer /path/to/hf-tokenizer [--iteration 1000] [--dtype bf16]
+                     --tokenizer /path/to/hf-tokenizer [--tokenizer-model tokenizer.model] [--iteration 1000]
 """
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     vocab.add_argument("--tokenizer", default=None,
                        help="Hugging Face tokenizer folder: gives the true vocabulary size and special token ids, "
                             "and its files are copied into the output")
+    parser.add_argument("--tokenizer-model", default=None,
+                        help="the SentencePiece model the run was trained with (default: the one its train_args.json "
+                             "or Megatron's copy in the checkpoint names): the --tokenizer folder must encode as it")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of the written weights")
     parser.add_argument("--max-shard-size", default=str(DEFAULT_MAX_SHARD_BYTES),
                         help="largest safetensors shard, e.g. 5GB, 500MB, 2GiB (default: 5GB)")
@@ -44,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     convert_checkpoint(args.load, args.output, iteration=args.iteration, vocab_size=args.vocab_size,
-                       tokenizer=args.tokenizer, dtype=args.dtype, max_shard_bytes=parse_size(args.max_shard_size),
+                       tokenizer=args.tokenizer, tokenizer_model=args.tokenizer_model or None, dtype=args.dtype,
+                       max_shard_bytes=parse_size(args.max_shard_size),
                        force=args.force, show_progress=not args.quiet,
                        log=(lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
     return 0

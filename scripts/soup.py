@@ -3,11 +3,12 @@
 
 Before any work: the config parses and mergekit accepts it, every path is absolute, every
 ingredient is there with config.json and safetensors, and all share one architecture, the same
-tensor shapes and the same tokenizer. Then mergekit runs (lazy loading, sharded safetensors,
+tensor shapes and the same tokenizer, which encodes as the runs' training tokenizer (TOKENIZER_MODEL, or
+the one their runs record; pipeline/tokenizer_check.py). Then mergekit runs (lazy loading, sharded safetensors,
 tokenizer copied) into a temporary folder; the result is verified (config, tokenizer files, every
 tensor against the weighted mean of the ingredients for `linear`: bit-exact for float32, within
 bf16/fp16 rounding otherwise) and only then renamed into place with soup.json (provenance and
-verification). A re-run with the same config and ingredients does nothing.
+verification, the tokenizer check of the result). A re-run with the same config and ingredients does nothing.
 
     soup.py --config merge/7.7b_50B.yaml --exp-dir exp [--verify sample] [--cuda 1] [--check-only]
 """
@@ -33,6 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="full: every tensor; sample: non-layer tensors plus first, middle, last layer")
     parser.add_argument("--cuda", choices=("0", "1"), default="0", help="1: mergekit computes on the GPU")
     parser.add_argument("--shard-size", default="5B", help="parameters per output shard (mergekit's 5B, 500M, ...)")
+    parser.add_argument("--tokenizer-model", default="",
+                        help="TOKENIZER_MODEL: the SentencePiece model the runs were trained with (default: the one "
+                             "their train_args.json or conversion records name); the ingredients' tokenizer must "
+                             "encode as it")
     parser.add_argument("--check-only", action="store_true",
                         help="check the config and the ingredients, merge nothing (run before a job is submitted)")
     parser.add_argument("--pending", action="store_true",
@@ -54,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             check_with_mergekit(plan)
             print(f"soup: {config} ok: {plan.method} of {len(plan.model_paths())} models (pending) -> {out}")
         else:
-            checkpoints = check_plan(plan)
+            checkpoints = check_plan(plan, tokenizer_model=args.tokenizer_model or None)
             print(f"soup: {config} ok: {plan.method} of {len(checkpoints)} models -> {out}")
         return 0
-    record = make_soup(plan, out, verify=args.verify, cuda=args.cuda == "1", shard_size=shard_size)
+    record = make_soup(plan, out, verify=args.verify, cuda=args.cuda == "1", shard_size=shard_size,
+                       tokenizer_model=args.tokenizer_model or None)
     if record is None:
         print(f"soup: {out} is up to date (same config and ingredients)")
         return 0

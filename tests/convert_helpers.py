@@ -260,9 +260,35 @@ def tiny_params(folder: Path, name: str = "convtiny") -> Path:
     return path
 
 
+SMALL_TOKENIZER_PIECES = 200      # fits the fixtures' 250-row vocabulary
+
+
+def small_tokenizer(folder: Path) -> tuple[Path, Path]:
+    """(a SentencePiece model of at most SMALL_TOKENIZER_PIECES pieces trained by the sentencepiece library on
+    the sample's words, without byte fallback so that it fits the fixtures' vocabulary; its Hugging Face folder
+    built by make hf-tokenizer's code) under `folder`, made once."""
+    import io
+
+    import sentencepiece as spm
+    from pipeline.hf_tokenizer import write_hf_tokenizer
+    from pipeline.sample import ACCENTED, CODE, JAPANESE, WORDS
+    model, hf_dir = folder / "small.model", folder / "small-hf"
+    if not model.is_file():
+        sentences = [" ".join(WORDS[i:i + 7]) for i in range(len(WORDS))] + JAPANESE + ACCENTED + CODE
+        buffer = io.BytesIO()
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=buffer, model_type="unigram",
+                                       vocab_size=SMALL_TOKENIZER_PIECES, hard_vocab_limit=False,
+                                       character_coverage=1.0, num_threads=1, minloglevel=2)
+        folder.mkdir(parents=True, exist_ok=True)
+        model.write_bytes(buffer.getvalue())
+    write_hf_tokenizer(model, hf_dir)
+    return model, hf_dir
+
+
 def make_run(exp: Path, checkpoints: Path, params: Path, task: str = "convtask", size: str = "1B",
              seed: int = 42) -> dict:
-    """A run folder holding a copy of `checkpoints`, plus the inputs its Megatron arguments need."""
+    """A run folder holding a copy of `checkpoints`, plus the inputs its Megatron arguments need (the training
+    tokenizer, a small SentencePiece model, and its Hugging Face folder)."""
     import shutil
     from pipeline.datalist import Entry, write_list
     run = exp / "runs" / task / params.stem / size / f"seed{seed}"
@@ -270,10 +296,9 @@ def make_run(exp: Path, checkpoints: Path, params: Path, task: str = "convtask",
     data_list = exp / "lists" / "train_data.sh"
     data_list.parent.mkdir(parents=True, exist_ok=True)
     write_list(data_list, [Entry(4096, "data/part_text_document")], "conversion test")
-    tokenizer_model = exp / "tokenizer.model"
-    tokenizer_model.write_text("stand-in\n")
+    tokenizer_model, hf_tokenizer = small_tokenizer(exp / "tokenizer")
     return {"run": run, "TASK": task, "PARAM": str(params), "SIZE": size, "SEED": str(seed),
-            "DATA_LIST": str(data_list), "TOKENIZER_MODEL": str(tokenizer_model)}
+            "DATA_LIST": str(data_list), "TOKENIZER_MODEL": str(tokenizer_model), "HF_TOKENIZER_DIR": str(hf_tokenizer)}
 
 
 FAKE_PRETRAIN = '''\

@@ -1,21 +1,25 @@
 """Helpers for the soup tests: tiny seed runs, hand-written mergekit configs, tensors of a checkpoint."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from make_tiny_runs import make_tiny_model, tiny_tokenizer  # demo/ is on sys.path (conftest)
+from convert_helpers import small_tokenizer
+from make_tiny_runs import make_tiny_model  # demo/ is on sys.path (conftest)
 from pipeline.paths import run_dir
 from pipeline.soup import CHECKPOINTS_HF, iter_dir_name
 
 TASK, PARAM = "t", "p"
-_TOKENIZER = None
+_TOKENIZER: dict = {}
 
 
-def tokenizer():
-    global _TOKENIZER
-    if _TOKENIZER is None:
-        _TOKENIZER = tiny_tokenizer()
-    return _TOKENIZER
+def tokenizer() -> tuple[Path, Path]:
+    """(the runs' training tokenizer: a small SentencePiece model; its Hugging Face folder), made once per
+    process in a temporary folder removed at exit."""
+    if not _TOKENIZER:
+        _TOKENIZER["tmp"] = tempfile.TemporaryDirectory(prefix="soup-test-tokenizer.")
+        _TOKENIZER["files"] = small_tokenizer(Path(_TOKENIZER["tmp"].name))
+    return _TOKENIZER["files"]
 
 
 def checkpoint(exp: Path, seed: int, size: str = "50B", iteration: int = 10) -> Path:
@@ -23,8 +27,10 @@ def checkpoint(exp: Path, seed: int, size: str = "50B", iteration: int = 10) -> 
 
 
 def make_runs(exp: Path, seeds, size: str = "50B", iteration: int = 10, **model_args) -> list[Path]:
-    """Tiny converted seed runs under exp/runs/t/p/<size>/seed<N>/checkpoints_hf/iter_<iteration>/."""
-    return [make_tiny_model(checkpoint(exp, seed, size, iteration), seed, tokenizer=tokenizer(), **model_args)
+    """Tiny converted seed runs under exp/runs/t/p/<size>/seed<N>/checkpoints_hf/iter_<iteration>/, carrying the
+    Hugging Face folder of tokenizer()'s model (TOKENIZER_MODEL for the soup)."""
+    hf_dir = tokenizer()[1]
+    return [make_tiny_model(checkpoint(exp, seed, size, iteration), seed, tokenizer_dir=hf_dir, **model_args)
             for seed in seeds]
 
 

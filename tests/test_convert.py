@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from conftest import run_script
-from convert_helpers import (EXTRA_TENSORS, ITERATION, PADDED_VOCAB, fixture_checkpoints, load_hf, token_ids)
+from convert_helpers import (EXTRA_TENSORS, ITERATION, PADDED_VOCAB, fixture_checkpoints, load_hf, small_tokenizer,
+                             token_ids)
 from pipeline.errors import PipelineError
 from pipeline.convert_native import TorchDistReader, check_hf_folder, convert_checkpoint
 from pipeline.hf_folder import INDEX_FILE, RECORD_FILE
+from pipeline.hf_tokenizer import BUILD_RECORD
 from pipeline.megatron_ckpt import load_common_state, save_common_state
 
 QUIET = dict(show_progress=False, log=lambda _: None)
@@ -94,28 +96,34 @@ def test_bf16_sharded_output_is_checked(ckpts, tmp_path):
 
 
 def test_cli_with_tokenizer_rerun_and_force(ckpts, tmp_path):
-    from make_tiny_runs import tiny_tokenizer
-    tokenizer = tiny_tokenizer()
-    tok_dir = tmp_path / "tokenizer"
-    tokenizer.save_pretrained(tok_dir)
+    from transformers import AutoTokenizer
+    model, tok_dir = small_tokenizer(tmp_path / "tokenizers")
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     out = tmp_path / "checkpoints_hf" / "iter_0000007"
     args = ["--load", str(ckpts["split"]), "--output", str(out), "--tokenizer", str(tok_dir), "--dtype", "fp32"]
-    first = run_script("convert_to_hf", *args)
+    refused = run_script("convert_to_hf", *args, check=False)
+    assert refused.returncode == 1 and "cannot tell which SentencePiece model it was trained with" in refused.stderr
+    assert "TOKENIZER_MODEL" in refused.stderr and not out.exists()
+    first = run_script("convert_to_hf", *args, "--tokenizer-model", str(model))
     assert "converting" in first.stderr and "padded 256" in first.stderr
+    assert "40 probes encode as trained" in first.stderr
     vocab = len(tokenizer)
     converted = load_hf(out)
+    check = json.loads((out / RECORD_FILE).read_text())["tokenizer_check"]
+    assert check["passed"] and check["tokenizer_model_sha256"] and check["vocab_size"] == vocab
     assert converted.config.vocab_size == vocab and converted.config.eos_token_id == tokenizer.eos_token_id
     embed = ckpts["model"].model.embed_tokens.weight.detach()
     assert torch.equal(converted.model.embed_tokens.weight, embed[:vocab])
-    copied = {p.name for p in tok_dir.iterdir()}
-    assert copied <= {p.name for p in out.iterdir()}
+    copied = {p.name for p in tok_dir.iterdir()} - {BUILD_RECORD}
+    assert copied <= {p.name for p in out.iterdir()} and BUILD_RECORD not in {p.name for p in out.iterdir()}
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == tokenizer.eos_token_id
 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = convert_checkpoint(ckpts["split"], out, tokenizer=tok_dir, dtype="fp32", **QUIET)
+    again = convert_checkpoint(ckpts["split"], out, tokenizer=tok_dir, tokenizer_model=model, dtype="fp32", **QUIET)
     assert again.skipped
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    convert_checkpoint(ckpts["split"], out, tokenizer=tok_dir, dtype="fp32", force=True, **QUIET)
+    convert_checkpoint(ckpts["split"], out, tokenizer=tok_dir, tokenizer_model=model, dtype="fp32", force=True,
+                       **QUIET)
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after.keys() == before.keys()
     assert {k: v for k, v in after.items() if k != RECORD_FILE} == {k: v for k, v in before.items() if k != RECORD_FILE}

@@ -23,16 +23,12 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture
 def run(ckpts, exp_dir, tmp_path):
-    info = make_run(exp_dir, ckpts["split"], tiny_params(tmp_path / "params"))
-    from make_tiny_runs import tiny_tokenizer
-    info["HF_TOKENIZER_DIR"] = str(tmp_path / "hf-tokenizer")
-    tiny_tokenizer().save_pretrained(info["HF_TOKENIZER_DIR"])
-    return info
+    return make_run(exp_dir, ckpts["split"], tiny_params(tmp_path / "params"))
 
 
 def make_vars(run: dict, **extra) -> list[str]:
     keys = ("TASK", "PARAM", "SIZE", "SEED", "DATA_LIST", "TOKENIZER_MODEL", "HF_TOKENIZER_DIR")
-    return [f"{k}={run[k]}" for k in keys] + [f"{k}={v}" for k, v in extra.items()]
+    return [f"{k}={run[k]}" for k in keys if k not in extra] + [f"{k}={v}" for k, v in extra.items()]
 
 
 def request(run: dict, exp: Path, **extra) -> ConvertRequest:
@@ -102,6 +98,8 @@ def test_megatron_job_runs_the_three_steps(make, run, exp_dir, tmp_path, ckpts):
     assert (output / "tokenizer.json").read_bytes() == tokenizer_json.read_bytes()
     provenance = json.loads((output / RECORD_FILE).read_text())
     assert provenance["converter"] == "megatron" and provenance["step1_args"] == step1["argv"]
+    check = provenance["tokenizer_check"]   # convert.py check-tokenizer, before the rename
+    assert check["passed"] and check["tokenizer_model"] == str(Path(run["TOKENIZER_MODEL"]).resolve())
     assert leftovers(run_dir) == [], "temporary folders removed"
 
 
@@ -129,7 +127,8 @@ def test_native_job_and_rerun(make, run, exp_dir, ckpts):
     with torch.no_grad():
         logits = converted(token_ids(vocab)).logits
         assert torch.equal(logits, ckpts["model"](token_ids(vocab)).logits[..., :vocab])
-    assert json.loads((output / RECORD_FILE).read_text())["converter"].startswith("native")
+    record = json.loads((output / RECORD_FILE).read_text())
+    assert record["converter"].startswith("native") and record["tokenizer_check"]["passed"]
     jobs = (exp_dir / "jobs.jsonl").read_text().splitlines()
     again = make("convert", "CONVERTER=native", *make_vars(run))
     assert "already converted" in again.stderr
@@ -152,3 +151,21 @@ def test_pbs_submission_and_refusals(make, run, fake_pbs):
     assert "iter_0000099: iteration folder missing" in refused.stderr
     assert "MEGATRON_PATH" in refused.stderr
     assert len(fake_pbs.submissions()) == 1, "nothing submitted"
+
+
+def test_a_tokenizer_folder_that_encodes_otherwise_is_refused_before_submission(make, run, fake_pbs, tmp_path):
+    from pipeline.hf_tokenizer import write_hf_tokenizer
+    other = tmp_path / "other-hf"
+    write_hf_tokenizer(Path(__file__).resolve().parent / "data" / "upstream_ckpt" / "tokenizer.model", other)
+    pbs = ["SCHEDULER=pbs", "PBS_GROUP=grp", "PBS_QUEUE=rt_HF"]
+    for converter in ("native", "megatron"):
+        refused = make("convert", *pbs, f"CONVERTER={converter}", *make_vars(run, HF_TOKENIZER_DIR=str(other)),
+                       check=False)
+        assert refused.returncode != 0 and "make convert: not submitted" in refused.stderr, converter
+        assert f"{other}: its Hugging Face tokenizer does not encode as the training tokenizer " \
+               f"{run['TOKENIZER_MODEL']}" in refused.stderr
+    assert fake_pbs.submissions() == []
+    env = fake_megatron(tmp_path / "fake")
+    plan = make("convert", "DRY_RUN=1", *make_vars(run, MEGATRON_PATH=env["MEGATRON_PATH"])).stdout
+    assert "check the tokenizer: " in plan and "scripts/convert.py check-tokenizer" in plan
+    assert "problem:" not in plan, "the run's own tokenizer folder passes"

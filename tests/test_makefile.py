@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, run_script
 
 PIPELINE_TARGETS = ("setup test lint demo bench status download extract merge tokenize count mix args init train "
-                    "train-seeds chain convert soup-config soup env env-check report").split()
+                    "train-seeds chain hf-tokenizer convert soup-config soup env env-check report").split()
 
 
 def test_help_is_default_and_lists_every_target(make):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from conftest import REPO, run_script
-from soup_helpers import PARAM, TASK, checkpoint, make_runs, tensors, write_merge_config
+from soup_helpers import PARAM, TASK, checkpoint, make_runs, tensors, tokenizer, write_merge_config
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("mergekit")
@@ -20,8 +20,10 @@ RUN_KNOBS = (f"TASK={TASK}", f"PARAM={PARAM}")
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
+    """Offline, and the runs' training tokenizer as TOKENIZER_MODEL (make reads it from the environment)."""
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TOKENIZER_MODEL", str(tokenizer()[0]))
 
 
 def test_soup_config_then_soup_is_the_exact_fp32_mean(make, exp_dir, tmp_path):
@@ -108,13 +110,14 @@ def test_errors_before_any_work(exp_dir, tmp_path):
 
     paths = make_runs(exp_dir, (1, 2, 3))
     relative = write_merge_config(tmp_path / "rel.yaml", [paths[0], os.path.relpath(paths[1], REPO)])
-    result = run_script("soup", "--config", str(relative), "--exp-dir", str(exp_dir), check=False)
+    result = run_script("soup", "--config", str(relative), "--exp-dir", str(exp_dir), "--tokenizer-model",
+                        str(tokenizer()[0]), check=False)
     assert result.returncode == 1 and f"error: {relative}:6: model:" in result.stderr
     assert "relative path" in result.stderr and not (exp_dir / "soups").exists()
 
     def error(config) -> str:
         with pytest.raises(PipelineError) as caught:
-            check_plan(load_merge_config(config))
+            check_plan(load_merge_config(config), tokenizer_model=str(tokenizer()[0]))
         return str(caught.value)
 
     absent = paths[2].with_name("iter_0000099")
@@ -122,7 +125,7 @@ def test_errors_before_any_work(exp_dir, tmp_path):
     assert "needs a base_model" in error(write_merge_config(tmp_path / "ta.yaml", paths, method="task_arithmetic"))
     assert "merge_method" in error(write_merge_config(tmp_path / "x.yaml", paths, method="averaging"))
     assert "dtype" in error(write_merge_config(tmp_path / "d.yaml", paths, dtype="float8"))
-    (paths[2] / "tokenizer.json").write_text((paths[2] / "tokenizer.json").read_text().replace("seven", "sevenx"))
+    (paths[2] / "tokenizer.json").write_text((paths[2] / "tokenizer.json").read_text() + "\n")
     assert f"{paths[2]}: tokenizer files differ" in error(write_merge_config(tmp_path / "tok.yaml", paths))
     assert not (exp_dir / "soups").exists()
 

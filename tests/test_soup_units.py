@@ -10,7 +10,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.soup import (IngredientSpec, check_plan, load_merge_config, parse_ingredients, render_config,
                            resolve_checkpoint, sample_names, verify_soup, write_config)
-from soup_helpers import make_runs, tensors, write_merge_config
+from soup_helpers import make_runs, tensors, tokenizer, write_merge_config
 
 torch = pytest.importorskip("torch")
 
@@ -72,7 +72,7 @@ def _fake_soup(exp, tmp_path, weights, dtype):
     config = write_merge_config(tmp_path / "s.yaml", paths, weights=weights, dtype=dtype)
     out = tmp_path / "out"
     out.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(paths[0] / name, out / name)
     cfg = json.loads((paths[0] / "config.json").read_text())
     cfg["dtype"] = dtype
@@ -86,7 +86,7 @@ def _fake_soup(exp, tmp_path, weights, dtype):
         merged[name] = (total / torch.tensor(weights).sum()).to(getattr(torch, dtype)).contiguous()
     save_file(merged, out / "model.safetensors")
     plan = load_merge_config(config)
-    return plan, check_plan(plan, with_mergekit=False), out, merged, inputs
+    return plan, check_plan(plan, with_mergekit=False, tokenizer_model=str(tokenizer()[0])), out, merged, inputs
 
 
 def test_verification_passes_a_true_mean_and_catches_one_ulp(exp_dir, tmp_path):

@@ -33,7 +33,10 @@ def test_status_lists_runs_and_soups(make, exp_dir):
     # seed42: two jobs (a restart), the second one further along; a long log only its tail is read
     first = args_dump(seq_length=4096) + "".join(line(i) for i in range(1, 101)) + saved_line(100)
     second = WARNING + "".join(line(i) for i in range(101, 151)) + WARNING + "padding\n" * 5000
-    add_run(exp_dir, 42, [first, second], tracker=150, saved=(100, 150), hf=(100, 150), hf_partial=(50,))
+    run = add_run(exp_dir, 42, [first, second], tracker=150, saved=(100, 150), hf=(100, 150), hf_partial=(50,))
+    verdict = {"passed": True, "probes": 40, "documents": 12}   # the latest conversion's tokenizer check
+    (run / "checkpoints_hf" / "iter_0000150" / "megatron_conversion.json").write_text(
+        json.dumps({"tokenizer_check": verdict}))
     started = add_run(exp_dir, 666, [args_dump(seq_length=4096)])      # started, no iteration line yet
     (started / "start").mkdir()
     (started / "start" / "latest_checkpointed_iteration.txt").write_text("432581\n")   # made by make init
@@ -41,7 +44,7 @@ def test_status_lists_runs_and_soups(make, exp_dir):
     soups = exp_dir / "soups"
     (soups / "avg-3").mkdir(parents=True)
     (soups / "avg-3" / "soup.json").write_text(json.dumps(
-        {"ingredients": [{}, {}, {}], "method": "linear", "dtype": "bfloat16"}))
+        {"ingredients": [{}, {}, {}], "method": "linear", "dtype": "bfloat16", "tokenizer_check": verdict}))
     (soups / ".avg-2.tmp.1234").mkdir()
     (soups / "stray").mkdir()
 
@@ -49,12 +52,13 @@ def test_status_lists_runs_and_soups(make, exp_dir):
     assert re.search(r"^download\s+missing", out, re.M), "the stage table is still there"
     assert "none submitted" in out
     assert re.search(r"^v4-test/tiny/50B/seed42\s+150/200 \(75%\)\s+iter 150 \(2 saved\)\s+"
-                     r"2: 100, 150 \(\+1 incomplete\)\s+2\s+train-101\.pbs1\.out", out, re.M), out
-    assert re.search(r"^v4-test/tiny/50B/seed666\s+no iteration yet\s+start only \(init from iter 432581\)\s+-\s+1\s",
+                     r"2: 100, 150 \(\+1 incomplete\)\s+ok: 40 probes \+ 12 docs\s+2\s+train-101\.pbs1\.out",
                      out, re.M), out
+    assert re.search(r"^v4-test/tiny/50B/seed666\s+no iteration yet\s+start only \(init from iter 432581\)\s+-\s+-\s+"
+                     r"1\s", out, re.M), out
     assert re.search(r"^v4-test/tiny/50B/seed7\s+not started\s+iter 200\? \(no latest_checkpointed_iteration"
-                     r"\.txt\)\s+-\s+0\s+-$", out, re.M), out
-    assert re.search(r"^avg-3\s+done\s+3 models, linear, bfloat16", out, re.M), out
+                     r"\.txt\)\s+-\s+-\s+0\s+-$", out, re.M), out
+    assert re.search(r"^avg-3\s+done\s+3 models, linear, bfloat16\s+ok: 40 probes \+ 12 docs", out, re.M), out
     assert re.search(r"^avg-2\s+merging \(or killed\)", out, re.M), out
     assert re.search(r"^stray\s+incomplete\s+no soup\.json", out, re.M), out
     # the sections come in order: stages, jobs, runs, soups

@@ -9,7 +9,9 @@ pipeline's own Python runs the test (the repo venv, or PIPELINE_PYTHON on a mach
 What it shows (see the check's rows): a tiny base pretrained from random weights; midtraining runs started
 from it with make init start at iteration 1 with consumed samples 0, continue its loss, load the Adam state
 (its step continues), follow the params' LR schedule and run the derived number of iterations; the native
-conversion reproduces Megatron's own forward pass (fp32, max abs logit difference <= 1e-4); the soup verifies.
+conversion reproduces Megatron's own forward pass (fp32, max abs logit difference <= 1e-4); the soup verifies;
+the seeds and the soup, fed held-out text through their own Hugging Face tokenizer (make hf-tokenizer's), give
+the loss they give on SentencePiece's ids (within 1e-3), near the runs' last training losses.
 """
 from __future__ import annotations
 
@@ -47,6 +49,6 @@ def test_gpu_check_passes_every_row(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     names = {r["name"] for r in rows}
     assert {"base_pretrain", "starts_at_step_0", "loss_continues_base", "optimizer_loaded", "lr_schedule",
-            "iterations", "logits_vs_megatron", "soup", "report_status"} <= names
+            "iterations", "hf_tokenizer", "logits_vs_megatron", "soup", "tokenizer_loss", "report_status"} <= names
     failed = [f"{r['name']}: {r['status']} {r['figure']} {r['detail']}" for r in rows if r["status"] != "PASS"]
     assert not failed and result.returncode == 0, "\n".join(failed) + result.stderr[-3000:]

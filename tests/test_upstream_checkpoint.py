@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import run_script
-from gpu.gpu_check import hf_tokenizer_folder
 from pipeline.convert_native import TorchDistReader, convert_checkpoint
+from pipeline.hf_tokenizer import write_hf_tokenizer
 from pipeline.megatron_ckpt import common_state_layout, common_state_summary, load_common_state
 from pipeline.midtrain import init_run
 from pipeline.paths import run_dir
@@ -55,7 +55,8 @@ def test_init_rewrites_it_in_the_same_layout_keeping_weights_and_adam(tmp_path, 
 
 
 def test_native_converter_and_soup_on_its_output(make, exp_dir, tmp_path):
-    tokenizer = hf_tokenizer_folder(DATA / "tokenizer.model", tmp_path / "hf-tokenizer")
+    tokenizer = tmp_path / "hf-tokenizer"
+    write_hf_tokenizer(DATA / "tokenizer.model", tokenizer)
     converted = []
     for seed in (1, 2):
         out = run_dir(exp_dir, "t", "tiny", "mid", seed) / "checkpoints_hf" / f"iter_{ITER:07d}"

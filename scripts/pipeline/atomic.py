@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator, Literal
 
@@ -98,3 +99,33 @@ def remove_temporaries(path: str | os.PathLike) -> int:
             leftover.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder `new` at `target` (same file system); an existing `target` is swapped out,
+    then removed, so `target` is always either the old folder or the new one."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old.{os.getpid()}"
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(new, target)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside `path` to fill; on success it replaces `path`, on any exception it is
+    removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with naming(tmp):
+            yield tmp
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

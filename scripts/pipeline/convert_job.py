@@ -15,8 +15,10 @@ Two converters write `<run>/checkpoints_hf/iter_NNNNNNN/`:
   (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1), not by editing Megatron.
 * `native`: scripts/convert_to_hf.py on a CPU node, no Megatron (pipeline.convert_native).
 
-Either way the output is written beside its final name, checked (config and every shard load), then
-renamed into place, so `checkpoints_hf/iter_NNNNNNN/` is complete or absent.
+Either way the output is written beside its final name, checked (config and every shard load, and its
+tokenizer id for id against the run's SentencePiece model: pipeline.tokenizer_check, whose verdict joins the
+record), then renamed into place, so `checkpoints_hf/iter_NNNNNNN/` is complete or absent. HF_TOKENIZER_DIR
+is checked the same way before the job is submitted.
 """
 from __future__ import annotations
 
@@ -165,6 +167,8 @@ def native_argv(python: str, req: ConvertRequest, iteration: int | str, out_tmp:
             "--output", str(out_tmp), "--dtype", req.dtype]
     if req.hf_tokenizer_dir:
         argv += ["--tokenizer", str(req.hf_tokenizer_dir)]
+        if req.tokenizer_model:
+            argv += ["--tokenizer-model", str(req.tokenizer_model)]
     else:
         argv += ["--vocab-size", str(req.vocab_size)]
     return argv
@@ -206,7 +210,24 @@ def check_inputs(req: ConvertRequest, *, pending: bool = False) -> tuple[int | N
             problems.append(str(exc))
     elif req.iteration != "latest":
         iteration = int(req.iteration)
+    if req.hf_tokenizer_dir and Path(req.hf_tokenizer_dir).is_dir():
+        problems += tokenizer_problems(req, iteration)
     return iteration, problems
+
+
+def tokenizer_problems(req: ConvertRequest, iteration: int | None) -> list[str]:
+    """HF_TOKENIZER_DIR must encode as the SentencePiece model the run was trained with (TOKENIZER_MODEL, or
+    the one its train_args.json or Megatron's copy in the checkpoint names): checked before any queue wait."""
+    from pipeline.errors import PipelineError
+    from pipeline.tokenizer_check import recorded_tokenizers, training_tokenizer, verify_hf_tokenizer
+    checkpoint = req.checkpoints / iteration_dir_name(iteration) if iteration is not None else None
+    try:
+        model = training_tokenizer(req.tokenizer_model, recorded_tokenizers(req.run_dir, checkpoint),
+                                   f"the run {req.run_dir}")
+        verify_hf_tokenizer(Path(req.hf_tokenizer_dir), model)
+    except PipelineError as exc:
+        return [str(exc)]
+    return []
 
 
 def plan_text(req: ConvertRequest, iteration: int | None, *, world_size: int | None = None,
@@ -251,6 +272,8 @@ def plan_text(req: ConvertRequest, iteration: int | None, *, world_size: int | N
             lines.append("  " + q(["cp", "--", *files, f"{out_tmp}/"]))
         else:
             lines.append(f"  cp -- {req.hf_tokenizer_dir or '${HF_TOKENIZER_DIR}'}/<tokenizer files> {out_tmp}/")
+        lines.append("check the tokenizer: " + q([python, "scripts/convert.py", "check-tokenizer", str(out_tmp),
+                                                  "--run-dir", str(run), "--tokenizer-model", req.tokenizer_model or ""]))
     lines += ["check: " + q([python, "scripts/convert.py", "check", str(out_tmp)]),
               "then: " + q(["mv", "-T", str(out_tmp), str(output)])]
     return "\n".join(lines) + "\n"

@@ -51,7 +51,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorSt
 from torch.distributed.checkpoint.planner import LoadPlan
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
-from pipeline.atomic import write_json
+from pipeline.atomic import replace_dir, write_json
 from pipeline.errors import PipelineError, fail
 from pipeline.hf_folder import (DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, RECORD_FILE, ShardedSafetensorsWriter,
                                 tokenizer_files, weight_files)
@@ -59,6 +59,8 @@ from pipeline.megatron_ckpt import (COMMON_PT, LAYOUT_LEGACY, Checkpoint, check_
                                     load_common_state, resolve_checkpoint)
 from pipeline.progress import progress
 from pipeline.provenance import provenance
+from pipeline.tokenizer_check import (describe_verdict, recorded_tokenizers, run_documents, training_tokenizer,
+                                      verify_hf_tokenizer)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 CONFIG_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
@@ -499,13 +501,16 @@ def parse_size(text: str) -> int:
 
 def convert_checkpoint(load: str | os.PathLike, output: str | os.PathLike, *, iteration: int | None = None,
                        vocab_size: int | None = None, tokenizer: str | os.PathLike | None = None,
+                       tokenizer_model: str | os.PathLike | None = None,
                        dtype: str = "bf16", max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, force: bool = False,
                        show_progress: bool = True, log: Callable[[str], None] = print) -> ConversionResult:
     """Convert the Megatron torch_dist checkpoint at `load` into a Hugging Face Llama folder `output`.
 
     `load` is a checkpoints folder (its tracker, or `iteration`) or one `iter_NNNNNNN` folder. The
     output folder appears complete or not at all (written beside it, then renamed); an existing one
-    is left alone unless `force`.
+    is left alone unless `force`. A `tokenizer` folder is checked against the SentencePiece model the run
+    was trained with (`tokenizer_model`, else the one its train_args.json or Megatron's copy in the
+    checkpoint names) before the conversion starts, and the output's before it is renamed into place.
     """
     if dtype not in DTYPES:
         fail(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -526,7 +531,13 @@ def convert_checkpoint(load: str | os.PathLike, output: str | os.PathLike, *, it
     check_tensors(reader, spec, where)
     the_iteration = state.get("iteration", ckpt.iteration)
 
-    if tokenizer is not None:
+    sp_model, documents = None, []
+    if tokenizer is not None:   # the folder as given first: a wrong one stops before any tensor is read
+        run_dir = ckpt.root.parent if ckpt.root is not None else None
+        sp_model = training_tokenizer(tokenizer_model, recorded_tokenizers(run_dir, ckpt.iter_dir),
+                                      f"the checkpoint {ckpt.iter_dir}")
+        documents = run_documents(run_dir) if run_dir is not None else []
+        verify_hf_tokenizer(Path(tokenizer), sp_model)
         info = read_tokenizer(tokenizer)
     else:
         info = TokenizerInfo(None, None, DEFAULT_BOS_ID, DEFAULT_EOS_ID, None)
@@ -573,13 +584,16 @@ def convert_checkpoint(load: str | os.PathLike, output: str | os.PathLike, *, it
         if info.folder is not None:
             for source in tokenizer_files(info.folder):
                 shutil.copyfile(source, tmp / source.name)
+        verdict = verify_hf_tokenizer(tmp, sp_model, documents) if sp_model is not None else None
+        if verdict is not None:
+            log(f"{output}: tokenizer: {describe_verdict(verdict)}")
         seconds = time.monotonic() - started
         write_json(tmp / RECORD_FILE, provenance(
             converter="native (scripts/convert_to_hf.py)", source=str(ckpt.iter_dir.resolve()),
             iteration=the_iteration, architecture=asdict(spec), vocab_size=vocab, dtype=dtype,
-            tokenizer=str(info.folder) if info.folder else None, shards=len(writer.shards),
+            tokenizer=str(info.folder) if info.folder else None, tokenizer_check=verdict, shards=len(writer.shards),
             bytes_written=written, seconds=round(seconds, 3)))
-        _replace_dir(tmp, output)
+        replace_dir(tmp, output)
     except BaseException:
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -588,17 +602,6 @@ def convert_checkpoint(load: str | os.PathLike, output: str | os.PathLike, *, it
         f"in {seconds:.1f}s")
     return ConversionResult(output, the_iteration, skipped=False, tensors=len(plan), bytes_read=bytes_read,
                             bytes_written=written, seconds=seconds)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the folder `new` at `target`; an existing `target` is swapped out, then removed."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old.{os.getpid()}"
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.atomic import write_json
 from pipeline.errors import fail
+from pipeline.hf_tokenizer import BUILD_RECORD
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -28,7 +29,8 @@ ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bflo
              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 _ST_CODES = {name: code for code, name in ST_DTYPES.items()}
 # files of a tokenizer folder that are not tokenizer files (a model folder given as --tokenizer)
-NOT_TOKENIZER_FILES = ("config.json", "generation_config.json", INDEX_FILE, RECORD_FILE)
+# (BUILD_RECORD: make hf-tokenizer's own record; a converted folder records its check in RECORD_FILE)
+NOT_TOKENIZER_FILES = ("config.json", "generation_config.json", INDEX_FILE, RECORD_FILE, BUILD_RECORD)
 NOT_TOKENIZER_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 

@@ -105,6 +105,13 @@ class _Writer:
         self.sample.files.append(SampleFile(rel, docs, blank_lines, test_split))
 
 
+def texts(count: int, seed: int) -> list[str]:
+    """`count` documents of the sample's kinds (web, code, math in turn) from `seed`: with another seed than the
+    sample's, held-out text of the same kind (make gpu-check scores the trained models on it)."""
+    writer = _Writer(Path("."), random.Random(seed))
+    return [writer.text(("web", "code", "math")[i % 3]) for i in range(count)]
+
+
 def generate(root: str | Path, seed: int = 0, docs: int = 20) -> Sample:
     """Write the sample under `root` (its `data/` tree, as on the hub); returns what was written.
 

@@ -7,13 +7,15 @@ The recipe's last step averages the midtraining runs of one model (OLMo 2 7B: 3 
   `<run_dir>/checkpoints_hf/iter_NNNNNNN/`, from TASK/PARAM/SIZE/SEED (`SIZE:SEED[@ITER]` per item);
 - renders the mergekit config (`linear`, weight 1.0 each, absolute paths, a comment block);
 - checks a config before any work: absolute paths only, every ingredient present, one architecture
-  and the same tensor shapes throughout, the same tokenizer files, a method mergekit knows;
+  and the same tensor shapes throughout, the same tokenizer files, which encode as the runs' training
+  tokenizer (pipeline.tokenizer_check), a method mergekit knows;
 - runs mergekit (lazy loading, sharded safetensors) and verifies the result: config and tokenizer
-  match the ingredients, and for `linear` every tensor equals the weighted mean of the ingredients
-  (bit-exact for float32 output, within the rounding of the output dtype otherwise).
+  match the ingredients (its tokenizer checked again as a user loads it), and for `linear` every tensor
+  equals the weighted mean of the ingredients (bit-exact for float32 output, within the rounding of the
+  output dtype otherwise).
 
-Only safetensors headers are read for the checks (no tensor data, no torch import), so they are
-cheap enough to run before a job is submitted.
+Only safetensors headers are read for the checks (no tensor data, no torch import), and the tokenizer
+check encodes a few dozen texts, so they are cheap enough to run before a job is submitted.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from pipeline.hf_folder import INDEX_FILE, TensorInfo, read_safetensors_header, 
 from pipeline.llama_arch import architecture_differences
 from pipeline.progress import progress
 from pipeline.provenance import provenance, sha256_file
+from pipeline.tokenizer_check import converted_run_dir, models_training_tokenizer, run_documents, verify_hf_tokenizer
 
 CHECKPOINTS_HF = "checkpoints_hf"
 ITER_DIR = re.compile(r"^iter_(\d{7})$")
@@ -406,9 +409,10 @@ def check_with_mergekit(plan: MergePlan) -> None:
                  f"(the base included), the config names {count}")
 
 
-def check_plan(plan: MergePlan, with_mergekit: bool = True) -> list[Checkpoint]:
-    """Everything that can fail before the merge: every ingredient, their compatibility, the config
-    (mergekit's own validation last: importing it takes seconds)."""
+def check_plan(plan: MergePlan, with_mergekit: bool = True, tokenizer_model: str | None = None) -> list[Checkpoint]:
+    """Everything that can fail before the merge: every ingredient, their compatibility, their tokenizer
+    against the runs' training tokenizer (TOKENIZER_MODEL or what the runs record), the config (mergekit's own
+    validation last: importing it takes seconds)."""
     checkpoints = []
     for path in plan.model_paths():
         ref = next(r for r in plan.refs if r.path == path)
@@ -416,9 +420,19 @@ def check_plan(plan: MergePlan, with_mergekit: bool = True) -> list[Checkpoint]:
             fail(f"{path}: ingredient not found ({plan.config}:{ref.line})")
         checkpoints.append(load_checkpoint(path))
     check_compatible(checkpoints)
+    model, documents = training_tokenizer_of(checkpoints, tokenizer_model)
+    for checkpoint in checkpoints:
+        verify_hf_tokenizer(checkpoint.path, model, documents)
     if with_mergekit:
         check_with_mergekit(plan)
     return checkpoints
+
+
+def training_tokenizer_of(checkpoints: list[Checkpoint], tokenizer_model: str | None) -> tuple[Path, list[str]]:
+    """(the SentencePiece model the ingredients were trained with, documents of their first run's data)."""
+    model = models_training_tokenizer([c.path for c in checkpoints], tokenizer_model)
+    run = converted_run_dir(checkpoints[0].path)
+    return model, run_documents(run) if run is not None else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -686,9 +700,9 @@ def soup_is_current(out: Path, plan: MergePlan, checkpoints: list[Checkpoint]) -
 
 
 def make_soup(plan: MergePlan, out: Path, *, verify: str = "full", cuda: bool = False,
-              shard_size: int = 5 * 10**9, quiet: bool = False) -> dict | None:
+              shard_size: int = 5 * 10**9, quiet: bool = False, tokenizer_model: str | None = None) -> dict | None:
     """Merge and verify into `out`; None when it is already there and current."""
-    checkpoints = check_plan(plan, with_mergekit=False)
+    checkpoints = check_plan(plan, with_mergekit=False, tokenizer_model=tokenizer_model)
     if soup_is_current(out, plan, checkpoints):
         return None
     check_with_mergekit(plan)
@@ -704,6 +718,7 @@ def make_soup(plan: MergePlan, out: Path, *, verify: str = "full", cuda: bool = 
     print(f"soup: merged in {merge_s:.1f}s; verifying ({verify})", flush=True)
     try:
         summary = verify_soup(tmp, plan, checkpoints, verify, quiet=quiet)
+        tokenizer_check = verify_hf_tokenizer(tmp, *training_tokenizer_of(checkpoints, tokenizer_model))
     except BaseException:
         print(f"soup: the unverified merge is left in {tmp} for inspection (removed by the next run)")
         raise
@@ -714,7 +729,7 @@ def make_soup(plan: MergePlan, out: Path, *, verify: str = "full", cuda: bool = 
         method=plan.method, dtype=plan.data.get("dtype"), ingredients=ingredient_record(checkpoints),
         mergekit_version=getattr(mergekit, "__version__", None) or _dist_version("mergekit"),
         options={"cuda": cuda, "out_shard_size": shard_size, "lazy_unpickle": True, "copy_tokenizer": True},
-        merge_seconds=round(merge_s, 3), verification=summary)
+        merge_seconds=round(merge_s, 3), verification=summary, tokenizer_check=tokenizer_check)
     write_json(tmp / PROVENANCE_FILE, record)
     os.rename(tmp, out)
     return record

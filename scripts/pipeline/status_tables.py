@@ -6,8 +6,8 @@ Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current sta
 under slurm `squeue` (then `sacct`); a job they no longer know (PBS without job history) is shown as its own
 log's .status file says it ended.
 Each run under EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/ gets a row: the iteration its newest
-training log reached, the latest Megatron checkpoint, the Hugging Face conversions; each soup
-under EXP_DIR/soups/<SOUP_NAME>/ one more.
+training log reached, the latest Megatron checkpoint, the Hugging Face conversions and the tokenizer check
+recorded in the latest one (pipeline/tokenizer_check.py); each soup under EXP_DIR/soups/<SOUP_NAME>/ one more.
 """
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import re
 import sys
 from pathlib import Path
 
+from pipeline.atomic import read_json
 from pipeline.errors import PipelineError
+from pipeline.hf_folder import RECORD_FILE
 from pipeline.megatron_ckpt import ITER_DIR, TRACKER, available_iterations
 from pipeline.megatron_log import find_logs, last_iteration
 from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
@@ -197,9 +199,25 @@ def run_rows(exp: Path) -> list[tuple[str, ...]]:
         converting = [p for p in (run / "checkpoints_hf").glob("iter_*") if p.is_dir() and ITER_DIR.match(p.name)
                       and not (p / "config.json").is_file()]
         hf_cell = (_iterations(list(hf)) if hf else "-") + (f" (+{len(converting)} incomplete)" if converting else "")
+        tokenizer = tokenizer_cell((read_json(hf[max(hf)] / RECORD_FILE, bad="none") or {}).get("tokenizer_check")
+                                   if hf else "-")
         rows.append(("/".join(run.relative_to(exp / "runs").parts), reached, checkpoint_cell(run), hf_cell,
-                     str(len(logs)), last_log))
+                     tokenizer, str(len(logs)), last_log))
     return rows
+
+
+def tokenizer_cell(verdict: dict | str | None) -> str:
+    """The tokenizer check recorded in a converted folder or soup: what was checked, or why nothing was."""
+    if isinstance(verdict, str):
+        return verdict
+    if not verdict:
+        return "not checked"
+    text = f"ok: {verdict.get('probes', '?')} probes"
+    if verdict.get("documents"):
+        text += f" + {verdict['documents']} docs"
+    if verdict.get("float32_ties"):
+        text += f" ({verdict['float32_ties']} float32 ties)"
+    return text
 
 
 def soup_rows(exp: Path) -> list[tuple[str, ...]]:
@@ -219,11 +237,11 @@ def soup_rows(exp: Path) -> list[tuple[str, ...]]:
                 record = {}
             ingredients = record.get("ingredients") or []
             detail = f"{len(ingredients)} models, {record.get('method', '?')}, {record.get('dtype') or '?'}"
-            rows.append((name, "done", detail, str(soup)))
+            rows.append((name, "done", detail, tokenizer_cell(record.get("tokenizer_check")), str(soup)))
         elif soup.is_dir():
-            rows.append((name, "incomplete", f"no {SOUP_RECORD}", str(soup)))
+            rows.append((name, "incomplete", f"no {SOUP_RECORD}", "-", str(soup)))
         else:
-            rows.append((name, "merging (or killed)", "-", str(folder / f".{name}.tmp.*")))
+            rows.append((name, "merging (or killed)", "-", "-", str(folder / f".{name}.tmp.*")))
     return rows
 
 
@@ -248,7 +266,7 @@ def print_status(exp: Path, dataset: str, tokenizer_name: str, scheduler: str) -
     _section(job_rows(exp, scheduler), f"Jobs (last {JOBS_SHOWN} of {jobs_file(exp)}):",
              ("submitted", "job id", "name", "state", "depend"), "Jobs: none submitted yet")
     _section(run_rows(exp), f"Runs (under {exp / 'runs'}):",
-             ("run", "iteration", "checkpoint", "hf conversions", "jobs", "last log"),
+             ("run", "iteration", "checkpoint", "hf conversions", "tokenizer (latest)", "jobs", "last log"),
              f"Runs: none under {exp / 'runs'}")
     _section(soup_rows(exp), f"Soups (under {exp / 'soups'}):",
-             ("soup", "state", "models", "where"), f"Soups: none under {exp / 'soups'}")
+             ("soup", "state", "models", "tokenizer", "where"), f"Soups: none under {exp / 'soups'}")

@@ -165,6 +165,8 @@ def chain(args: argparse.Namespace, seeds: list[int]) -> str | None:
             print(f"chain: seed {spec.seed}: init {init_job} -> train {train_job} -> convert {convert_job}",
                   file=sys.stderr)
     soup_vars = dict(v.split("=", 1) for v in args.soup_var if "=" in v and v.split("=", 1)[1])
+    if args.tokenizer_model:   # the runs' training tokenizer, which the soup's tokenizer check compares with
+        soup_vars["TOKENIZER_MODEL"] = str(Path(args.tokenizer_model).absolute())
     soup_job = sub.submit(PBS_DIR / "soup.pbs", f"soup-{name}"[:236], {"SOUP_CONFIG": str(config), **soup_vars},
                           depend=afterok(*converts), walltime=args.soup_walltime, queue=args.cpu_queue)
     if soup_job:

@@ -6,8 +6,10 @@
 
 sample data -> extract -> merge -> tokenize -> count -> mix (task gpu-check) -> a tiny base pretrained from
 random weights (make init BASE_CKPT=scratch, make train) -> make init from the base -> make train for two
-seeds -> make convert CONVERTER=native (fp32) -> Megatron's own forward pass on the same checkpoint
-against the converted model -> make soup-config + make soup -> make report -> make status.
+seeds -> make hf-tokenizer (or the given HF_TOKENIZER_DIR, checked) -> make convert CONVERTER=native (fp32) ->
+Megatron's own forward pass on the same checkpoint against the converted model -> make soup-config + make soup ->
+the seeds and the soup scored on held-out sample text through their own Hugging Face tokenizer and through
+SentencePiece's ids -> make report -> make status.
 Everything runs locally (SCHEDULER=local, torchrun on the GPUs here) under the work folder; each make
 call's output goes to <work>/logs/. One row per check with its measured figure; exit 1 if any fails.
 A check whose input failed is listed as skipped, naming what it needs.
@@ -38,6 +40,8 @@ GLOBAL_BATCH = 8                     # params/tiny.yaml
 LOGIT_TOLERANCE = 1e-4               # fp32, Megatron's forward vs the converted Hugging Face model
 LOSS_CONTINUES_WITHIN = 1.0          # nats: the first midtraining loss against the base's last losses
 LOADED = re.compile(r"successfully loaded checkpoint from (\S+).*at iteration (\d+)")
+TOKENIZATION_LOSS_TOLERANCE = 1e-3   # nats per token: own Hugging Face tokenizer vs SentencePiece's ids
+HELD_OUT_DOCS, HELD_OUT_SEED = 60, 12345   # held-out sample text (the training sample is seed 0)
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Check:
     tokenizer: Path | None
     train_python: str
     env_dir: Path | None = None
+    hf_tokenizer: Path | None = None  # HF_TOKENIZER_DIR given (a published folder, checked); else make hf-tokenizer
     port: int = 29500                # MASTER_PORT of its jobs; +1 for the forward pass (checks can run side by side)
     rows: list[Row] = field(default_factory=list)
     failed_steps: set[str] = field(default_factory=set)
@@ -144,11 +149,31 @@ class Check:
             self.failed_steps.add("data")
             self.row("data", False, "-", self.log_tail(next(iter(self.failed_steps))))
             return
-        self.hf_tokenizer = hf_tokenizer_folder(self.tokenizer, self.work / "hf-tokenizer")
         sizes = {s: json.loads((self.work / "task" / f"train_data_{s}.json").read_text()) for s in ("base", "mid")}
         self.vocab = model_vocab_size(self.tokenizer)
         self.row("data", True, f"mid {sizes['mid']['total_tokens']:,} tokens, base {sizes['base']['total_tokens']:,} "
                  f"(6 epochs); vocabulary {self.vocab:,} ({self.tokenizer.name})")
+        self.hf_tokenizer_step()
+
+    def hf_tokenizer_step(self) -> None:
+        """make hf-tokenizer: the Hugging Face folder of the training tokenizer (a given HF_TOKENIZER_DIR is
+        checked as it is), then the check once more on held-out sample text."""
+        from pipeline.errors import PipelineError
+        from pipeline.sample import texts
+        from pipeline.tokenizer_check import describe_verdict, verify_hf_tokenizer
+        self.hf_tokenizer = self.hf_tokenizer or self.work / "hf-tokenizer"
+        if not self.make("hf-tokenizer", "hf-tokenizer", HF_TOKENIZER_DIR=str(self.hf_tokenizer)):
+            self.failed_steps.add("data")
+            self.row("hf_tokenizer", False, "-", self.log_tail("hf-tokenizer"))
+            return
+        try:
+            verdict = verify_hf_tokenizer(self.hf_tokenizer, self.tokenizer, texts(HELD_OUT_DOCS, HELD_OUT_SEED))
+        except PipelineError as exc:
+            self.failed_steps.add("data")
+            self.row("hf_tokenizer", False, "-", str(exc)[:600])
+            return
+        self.row("hf_tokenizer", True, f"{self.hf_tokenizer}: {describe_verdict(verdict)} "
+                 f"(transformers {verdict['versions']['transformers']})")
 
     def pretrain_base(self) -> None:
         if not self.needs("base_pretrain", "data"):
@@ -311,11 +336,15 @@ class Check:
                            SOUP_NAME="gpu-check-soup", SOUP_DTYPE="float32")
             record = self.work / "exp" / "soups" / "gpu-check-soup" / "soup.json"
             verified = json.loads(record.read_text()).get("verification", {}) if record.is_file() else {}
+            if not ok:
+                self.failed_steps.add("soup")
             self.row("soup", ok and bool(verified),
                      f"mergekit linear of seeds {SEEDS}: {verified.get('tensors_checked', '?')} tensors checked, "
                      f"max abs error {verified.get('max_abs_error', '?')} "
                      f"({verified.get('exact_float32_tensors', '?')} exact in float32)" if ok else "-",
                      "" if ok else self.log_tail("soup"))
+        if self.needs("tokenizer_loss", "convert1", "convert2", "soup"):
+            self.tokenizer_loss()
         if self.needs("report_status", "mid1", "mid2"):
             ok = self.make("report", "report", SIZE="mid", SEEDS=" ".join(map(str, SEEDS)), REPORT_NAME="gpu-check")
             ok = self.make("status", "status") and ok
@@ -325,16 +354,73 @@ class Check:
                      f"{status.count('seed')} run rows" if ok else "-", "" if ok else self.log_tail("report"))
 
 
-def hf_tokenizer_folder(model: Path, folder: Path) -> Path:
-    """A Hugging Face tokenizer folder for the SentencePiece `model` (the conversion copies it into its output,
-    the soup checks it): the model file and a tokenizer_config.json that transformers converts from. It stands
-    in for the tokenizer's published Hugging Face folder, which a real run passes as HF_TOKENIZER_DIR."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model, folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-         "add_bos_token": True, "add_eos_token": False}, indent=2) + "\n")
-    return folder
+    def tokenizer_loss(self) -> None:
+        """The converted seeds and the soup scored on held-out sample text: through their own Hugging Face
+        tokenizer (what a user, and the evaluation, feeds them) and through SentencePiece's ids (what Megatron
+        trained on); the two losses must agree, and be near the runs' last training losses."""
+        from pipeline.sample import texts
+        models = {f"seed{seed}": self.converted(seed) for seed in SEEDS}
+        models["soup"] = self.work / "exp" / "soups" / "gpu-check-soup"
+        last = {}
+        for seed in SEEDS:
+            records = read_run(self.run_dir("mid", seed)).records if self.run_dir("mid", seed).is_dir() else []
+            tail = [r.get("lm_loss") for r in records[-10:] if r.get("lm_loss") is not None]
+            last[f"seed{seed}"] = sum(tail) / len(tail) if tail else None
+        known = [v for v in last.values() if v is not None]
+        last["soup"] = sum(known) / len(known) if len(known) == len(SEEDS) else None
+        held_out = texts(HELD_OUT_DOCS, HELD_OUT_SEED)
+        figures, ok = [], True
+        for name, folder in models.items():
+            scored = tokenization_losses(folder, self.tokenizer, held_out)
+            agree = abs(scored["hf"] - scored["sp"]) <= TOKENIZATION_LOSS_TOLERANCE
+            near = last[name] is None or abs(scored["sp"] - last[name]) <= LOSS_CONTINUES_WITHIN
+            ok = ok and agree and near
+            reference = f", Megatron's last 10 {last[name]:.3f}" if last[name] is not None else ""
+            figures.append(f"{name} {scored['hf']:.4f} / {scored['sp']:.4f}{reference} "
+                           f"({scored['equal_documents']}/{len(held_out)} docs id-equal)")
+        self.row("tokenizer_loss", ok, f"loss per token on {len(held_out)} held-out documents, own Hugging Face "
+                 f"tokenizer / SentencePiece ids (tolerance {TOKENIZATION_LOSS_TOLERANCE:g}, training losses within "
+                 f"{LOSS_CONTINUES_WITHIN:g}): " + "; ".join(figures))
+
+    def converted(self, seed: int) -> Path:
+        folders = sorted((self.run_dir("mid", seed) / "checkpoints_hf").glob("iter_*"))
+        return folders[-1] if folders else self.run_dir("mid", seed) / "checkpoints_hf" / "missing"
+
+
+def tokenization_losses(folder: Path, sp_model: Path, texts: list[str], device: str | None = None) -> dict:
+    """Mean next-token loss of the Hugging Face model in `folder` on `texts` laid out as Megatron trains (each
+    document [BOS] + pieces + [EOD], concatenated, cut into windows of the model's context length), once with
+    the ids of the folder's own tokenizer (tokenizer(text) + EOS) and once with SentencePiece's (Megatron's
+    Llama2Tokenizer documents, pipeline.tokenization)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.tokenization import Llama2Engine, TokenizerSpec
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    window = model.config.max_position_embeddings
+    own = [tokenizer(text)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    flat, lengths = Llama2Engine(TokenizerSpec("Llama2Tokenizer", str(sp_model))).encode(texts)
+    ends = np.cumsum(lengths)
+    trained = [flat[end - length:end].tolist() for end, length in zip(ends, lengths)]
+
+    def loss(documents: list[list[int]]) -> float:
+        stream = torch.tensor([i for doc in documents for i in doc], dtype=torch.long)
+        usable = stream[:len(stream) // window * window].view(-1, window)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in usable.split(16):
+                logits = model(batch.to(device)).logits.float()
+                nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                        batch[:, 1:].reshape(-1).to(device), reduction="sum")
+                total += float(nll)
+                count += batch[:, 1:].numel()
+        return total / count
+
+    return {"hf": loss(own), "sp": loss(trained), "equal_documents": sum(a == b for a, b in zip(own, trained)),
+            "tokens": sum(map(len, trained))}
 
 
 def drop_pairs(args: list[str], flags: set[str]) -> list[str]:
@@ -369,6 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--megatron-path", required=True, type=Path, help="MEGATRON_PATH: the Megatron-LM checkout")
     parser.add_argument("--work-dir", required=True, type=Path, help="everything is written here (emptied first)")
     parser.add_argument("--tokenizer-model", default="", help="TOKENIZER_MODEL (default: one trained on the sample)")
+    parser.add_argument("--hf-tokenizer-dir", default="", help="HF_TOKENIZER_DIR: a published Hugging Face folder of "
+                        "TOKENIZER_MODEL, used after the check (default: make hf-tokenizer builds one)")
     parser.add_argument("--train-python", default="", help="TRAIN_PYTHON: the Python that runs Megatron (default: "
                         "ENV_DIR's venv python, else python3)")
     parser.add_argument("--env-dir", default="", help="ENV_DIR: a training environment (make env) whose activate.sh "
@@ -386,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     env_dir = Path(args.env_dir).absolute() if args.env_dir else None
     python = args.train_python or (str(env_dir / "venv" / "bin" / "python") if env_dir else "python3")
     check = Check(work, args.megatron_path.absolute(), Path(args.tokenizer_model).absolute()
-                  if args.tokenizer_model else None, python, env_dir, port=20000 + 2 * (os.getpid() % 10000))
+                  if args.tokenizer_model else None, python, env_dir,
+                  Path(args.hf_tokenizer_dir).absolute() if args.hf_tokenizer_dir else None,
+                  port=20000 + 2 * (os.getpid() % 10000))
     print(f"gpu-check: Megatron-LM {check.megatron}; work folder {work}", flush=True)
     started = time.monotonic()
     check.data()
