@@ -280,19 +280,20 @@ def test_chain_runs_init_train_convert_and_soup_as_dependent_jobs(real_pbs, make
     base."""
     if not shutil.which("mpirun"):
         pytest.skip("no mpirun here (apt-get install openmpi-bin)")
-    from gpu.gpu_check import hf_tokenizer_folder
     from pipeline.convert_native import convert_checkpoint
+    from pipeline.hf_tokenizer import write_hf_tokenizer
     from safetensors.torch import load_file
 
     base = Path(shutil.copytree(UPSTREAM / "mid-seed1", tmp_path / "base",
                                 ignore=shutil.ignore_patterns("train_args.json")))
     prefixes = {"data/a_text_document": 1500, "data/b_text_document": 600}   # 2,100 tokens: 3 iterations
     listed = data_list(tmp_path / "train_data_mid.sh", write_tokenized(exp_dir, prefixes))
-    tokenizer = hf_tokenizer_folder(UPSTREAM / "tokenizer.model", tmp_path / "hf-tokenizer")
+    tokenizer = tmp_path / "hf-tokenizer"
+    write_hf_tokenizer(UPSTREAM / "tokenizer.model", tokenizer)
     megatron = distributed_megatron(tmp_path / "Megatron-LM", "upstream")
     soup = make("chain", "-s", *PBS[:2], "PBS_QUEUE=rt_HF", "CPU_QUEUE=rt_HC", "TASK=t", "PARAM=tiny", "SIZE=mid",
                 "SEEDS=1 2", f"BASE_CKPT={base}", f"DATA_LIST={listed}",
-                f"TOKENIZER_MODEL={tokenizer / 'tokenizer.model'}", f"MEGATRON_PATH={megatron}",
+                f"TOKENIZER_MODEL={UPSTREAM / 'tokenizer.model'}", f"MEGATRON_PATH={megatron}",
                 f"TRAIN_PYTHON={sys.executable}", "LAUNCHER=mpi", "GPUS_PER_NODE=1", "CONVERTER=native",
                 f"HF_TOKENIZER_DIR={tokenizer}", "CONVERT_DTYPE=fp32", "SOUP_NAME=pbs-soup",
                 f"SOUP_CONFIG_DIR={tmp_path / 'merge'}").stdout.strip()
