@@ -7,7 +7,9 @@
 #   job_launcher                    launcher=mpi|torchrun from LAUNCHER=auto|mpi|torchrun (several nodes:
 #                                   mpirun, or under Slurm one torchrun per node through srun)
 #   apply_job_environment FILE      `export NAME VALUE` / `unset NAME` lines (train_env.txt), read, never run
-#   megatron_launch SCRIPT          sets launch=(...) that runs SCRIPT on every GPU (append its arguments)
+#   megatron_launch SCRIPT          sets launch=(...) that runs SCRIPT on every GPU (append its arguments): mpirun on
+#                                   the node file's hosts (other nodes reached through pbs_tmrsh under PBS),
+#                                   srun + torchrun per node under Slurm, or torchrun on this node
 
 megatron_environment() {
     local megatron_knob="${MEGATRON_PATH:-}"
@@ -70,21 +72,48 @@ apply_job_environment() {
     done < "$1"
 }
 
+# How mpirun starts its daemons on the other nodes of a PBS job: through PBS's own pbs_tmrsh (the TM interface:
+# the ranks belong to the job, qdel and the walltime reach them, no ssh between nodes needed), by
+# pbs/tm_rsh.sh as OpenMPI's rsh agent. Not when the site or the user chose an agent (OMPI_MCA_plm_rsh_agent),
+# under Slurm (mpirun asks srun there), on one node, or where PBS has no pbs_tmrsh (then mpirun's own way).
+mpi_remote_start() {
+    remote_start=()
+    if (( num_nodes < 2 )) || [[ -n "${SLURM_JOB_ID:-}" || -n "${OMPI_MCA_plm_rsh_agent:-}" ]]; then return; fi
+    local exec_dir
+    PBS_TMRSH=$(command -v pbs_tmrsh || true)
+    if [[ -z "${PBS_TMRSH}" && -r "${PBS_CONF_FILE:-/etc/pbs.conf}" ]]; then
+        # a batch job's PATH may lack PBS's bin: pbs.conf says where PBS is (read, never run)
+        exec_dir=$(sed -n 's/^[[:space:]]*PBS_EXEC=//p' "${PBS_CONF_FILE:-/etc/pbs.conf}" | tail -n 1)
+        if [[ -x "${exec_dir}/bin/pbs_tmrsh" ]]; then PBS_TMRSH="${exec_dir}/bin/pbs_tmrsh"; fi
+    fi
+    if [[ -n "${PBS_TMRSH}" ]]; then
+        export PBS_TMRSH
+        # every daemon started from here, each staying in its PBS task (a daemon that detaches may be killed
+        # with its finished task, and mpirun then waits for it for ever)
+        remote_start=(--mca plm_rsh_agent "${REPO_DIR}/pbs/tm_rsh.sh" --mca plm_rsh_no_tree_spawn 1
+                      --mca orte_leave_session_attached 1)
+    fi
+}
+
 megatron_launch() {
     local script=$1 job_number="${PBS_JOBID%%.*}" digits
     export MASTER_ADDR="${hosts[0]}"
     digits="${job_number//[^0-9]/}"
     export MASTER_PORT="${MASTER_PORT:-$(( 10000 + 10#${digits:-0} % 50000 ))}"
     if [[ "${launcher}" == mpi ]]; then
-        local forward=() var
+        local forward=() var slots=""
         for var in MASTER_ADDR MASTER_PORT CUDA_DEVICE_MAX_CONNECTIONS NVTE_FLASH_ATTN NVTE_FUSED_ATTN \
                    NVTE_UNFUSED_ATTN TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD PYTHONPATH LD_LIBRARY_PATH PATH; do
             if [[ -n "${!var:-}" ]]; then forward+=(-x "${var}"); fi
         done
+        # the job's hosts, from the node file: an mpirun built without PBS support (Debian's OpenMPI) would
+        # otherwise start every rank on this node
+        printf -v slots "%s:${GPUS_PER_NODE}," "${hosts[@]}"
+        mpi_remote_start
         # rank_env.sh gives every rank torch's RANK/WORLD_SIZE/LOCAL_RANK from OpenMPI's (Megatron without --use-mpi)
         launch=(mpirun --display-allocation --report-bindings --oversubscribe -np "${num_gpus}"
-                --npernode "${GPUS_PER_NODE}" -bind-to none -map-by slot "${forward[@]}"
-                bash "${REPO_DIR}/pbs/rank_env.sh" "${TRAIN_PYTHON}" "${script}")
+                --npernode "${GPUS_PER_NODE}" -bind-to none -map-by slot --host "${slots%,}" "${remote_start[@]}"
+                "${forward[@]}" bash "${REPO_DIR}/pbs/rank_env.sh" "${TRAIN_PYTHON}" "${script}")
     elif (( num_nodes > 1 )); then
         # Slurm: srun starts one torchrun per node; they meet at the first node of the job's node list
         launch=(srun --nodes "${num_nodes}" --ntasks-per-node 1 --kill-on-bad-exit=1

@@ -1,4 +1,5 @@
-"""Shared fixtures: the repo's scripts on sys.path, a strict qsub/qstat stand-in, and `make` runs."""
+"""Shared fixtures: the repo's scripts on sys.path, a strict qsub/qstat stand-in, real Slurm and PBS clusters,
+and `make` runs."""
 from __future__ import annotations
 
 import os
@@ -31,11 +32,11 @@ class FakePBS:
     def submissions(self) -> list[dict]:
         return fakepbs.submissions(self.folder)
 
-    def set_state(self, job_id: str, state: str, exit_status: int | None = None) -> None:
+    def set_state(self, job_id: str, state: str, exit_status: int | None = None, substate: int | None = None) -> None:
         old = os.environ.get("FAKEPBS_DIR")
         os.environ["FAKEPBS_DIR"] = str(self.folder)
         try:
-            fakepbs.set_state(job_id, state, exit_status)
+            fakepbs.set_state(job_id, state, exit_status, substate)
         finally:
             if old is None:
                 os.environ.pop("FAKEPBS_DIR", None)
@@ -127,6 +128,22 @@ def slurm_cluster(tmp_path_factory):
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = old
+
+
+@pytest.fixture(scope="session")
+def pbs_cluster(tmp_path_factory):
+    """A real OpenPBS of two nodes (tests/pbs_cluster.py: built once per machine, started once per test session,
+    stopped at its end, also when a test failed). Its clients are wrappers in `pbs_cluster.bin`; put that folder
+    first on PATH (the `real_pbs` fixture of tests/test_pbs.py does)."""
+    import atexit
+    from pbs_cluster import PBSCluster
+    cluster = PBSCluster(tmp_path_factory.mktemp("pbs"))
+    atexit.register(cluster.stop)           # should the session end without its teardown
+    why = cluster.start()
+    if why:
+        pytest.skip(f"no real PBS here: {why}")
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

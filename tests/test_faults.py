@@ -328,12 +328,16 @@ def test_no_knob_value_runs_as_shell_code(make, fake_pbs, tmp_path, target, knob
 def test_env_check_under_pbs_passes_its_flags_as_data(make, fake_pbs, tmp_path):
     import shlex
 
-    env_dir = "/tmp/env it's `here`"
-    result = make("env-check", *PBS, f"ENV_DIR={env_dir.replace(' ', '')}", "ENV_CHECK_ARGS=--no-gpu")
-    assert result.returncode == 0
+    env_dir = "/tmp/env,with,commas"
+    make("env-check", *PBS, f"ENV_DIR={env_dir}", "ENV_CHECK_ARGS=--no-gpu")
     step_args = fake_pbs.submissions()[-1]["variables"]["STEP_ARGS"]
     words = shlex.split(step_args)
-    assert f"--env-dir={env_dir.replace(' ', '')}" in words and words[-1] == "--no-gpu"
+    assert f"--env-dir={env_dir}" in words and words[-1] == "--no-gpu"
+    assert "'" not in step_args, "re-quoted where a word needs it only: qsub -v cannot carry a quote"
+    # a word that needs quotes cannot pass through qsub -v (the real one garbles it): refused before qsub
+    refused = make("env-check", *PBS, "ENV_DIR=/tmp/envit's`here`", "ENV_CHECK_ARGS=--no-gpu", check=False)
+    assert refused.returncode != 0 and "--var STEP_ARGS=" in refused.stderr and "cannot pass" in refused.stderr
+    assert len(fake_pbs.submissions()) == 1
 
 
 def test_run_step_splits_step_args_and_never_evaluates_them(exp_dir, tmp_path):

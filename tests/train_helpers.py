@@ -132,10 +132,11 @@ def distributed_megatron(folder: Path, options: str = "upstream") -> Path:
     model: joins the torch.distributed group (gloo) that torchrun's variables describe, sums each rank's number
     across it, and writes what it saw to launch-rank<N>.json in its working folder. Rank 0 then "trains": it
     saves the checkpoint it was told to --load as the iteration of --train-iters under --save, with the
-    tracker, as Megatron's save would, so the jobs after training (convert, soup) have a real one to read."""
+    tracker, as Megatron's save would, so the jobs after training (convert, soup) have a real one to read.
+    Started by torchrun or by mpirun through pbs/rank_env.sh (then GROUP_RANK, torchrun's node rank, is None)."""
     megatron = fake_megatron(folder, options)
     (megatron / "pretrain_gpt.py").write_text(textwrap.dedent("""\
-        import json, os, shutil, sys
+        import json, os, shutil, socket, sys
         from pathlib import Path
         import torch
         import torch.distributed as dist
@@ -145,7 +146,8 @@ def distributed_megatron(folder: Path, options: str = "upstream") -> Path:
         total = torch.tensor([rank + 1])
         dist.all_reduce(total)
         seen = {"rank": rank, "world_size": world, "sum": int(total), "local_rank": os.environ["LOCAL_RANK"],
-                "node_rank": os.environ["GROUP_RANK"], "node": os.environ.get("SLURMD_NODENAME"),
+                "node_rank": os.environ.get("GROUP_RANK"), "node": os.environ.get("SLURMD_NODENAME"),
+                "host": socket.gethostname(), "local_world_size": os.environ.get("LOCAL_WORLD_SIZE"),
                 "master_addr": os.environ["MASTER_ADDR"], "master_port": os.environ["MASTER_PORT"]}
         Path(f"launch-rank{rank}.json").write_text(json.dumps(seen))
         args = sys.argv[1:]

@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import PipelineError, fail
+from pipeline.job_states import job_states
 from pipeline.megatron_args import Resolved, RunSpec, resolve
 from pipeline.megatron_ckpt import TRACKER, completeness_problems, read_tracker
 from pipeline.midtrain import RunLayout, resolve_base
 from pipeline.params import load_train_params
 from pipeline.paths import PBS_DIR, jobs_file, run_dir
 from pipeline.run_options import spec_from_args
-from pipeline.scheduler import afterok, job_states
+from pipeline.scheduler import afterok
 
 TRAIN_TEMPLATE = PBS_DIR / "train.pbs"
 MAX_LISTED = 10

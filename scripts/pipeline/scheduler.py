@@ -1,26 +1,18 @@
 """The job layer: a pbs/ template with its variables, submitted with qsub (SCHEDULER=pbs), with sbatch
 (SCHEDULER=slurm: the same template; pbs/common.sh maps Slurm's job variables to the PBS ones) or run here
-with bash (local: the PBS variables emulated, arrays with bounded parallelism, signals passed on); the
-jobs.jsonl record, DEPEND parsing, job states (`qstat -f -x -F json`; `squeue`, then `sacct`), and the
-generic step job's command line.
+with bash (SCHEDULER=local: pipeline/local_jobs.py); the jobs.jsonl record, DEPEND parsing and the generic
+step job's command line. The states of submitted jobs are read by pipeline/job_states.py.
 
 A scheduler that hangs must not hang make: every qsub, qstat, sbatch, squeue or sacct call gives up after
 PBS_TIMEOUT seconds (environment; default 120) with a message saying what was asked and what to check.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import re
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,167 +84,6 @@ def run_pbs(cmd: list[str], what: str, missing: str = "", after_timeout: str = "
     except subprocess.TimeoutExpired:
         fail(f"{cmd[0]} did not answer within {limit:g} s ({what}); the scheduler may be down or overloaded. "
              f"{after_timeout}PBS_TIMEOUT=<seconds> waits longer")
-
-
-def qstat_jobs(job_ids: list[str], what: str) -> dict[str, dict]:
-    """job id -> qstat's record of it (job_state, Exit_status, ...), one qstat call for all of them;
-    ids PBS no longer knows are left out. An id as submitted (1.pbs1) matches qstat's full one."""
-    if not job_ids:
-        return {}
-    result = run_pbs(["qstat", "-f", "-x", "-F", "json", *job_ids], what,
-                     missing=f"qstat not found on PATH: cannot {what}")
-    jobs: dict = {}
-    if result.stdout.strip():
-        try:
-            jobs = json.loads(result.stdout).get("Jobs") or {}
-        except (json.JSONDecodeError, AttributeError) as exc:
-            fail(f"qstat -f -x -F json: unreadable output while trying to {what} ({exc})")
-    if result.returncode != 0 and not jobs:
-        error = result.stderr.strip()
-        if not all("unknown job" in line.lower() for line in error.splitlines() if line.strip()):
-            fail(f"qstat -f -x -F json {' '.join(job_ids)} failed (exit {result.returncode}) while trying to "
-                 f"{what}: {error}")
-    found = {}
-    for job_id in job_ids:
-        record = jobs.get(job_id) or next((v for k, v in jobs.items() if k.split(".")[0] == job_id.split(".")[0]),
-                                          None)
-        if record is not None:
-            found[job_id] = record
-    return found
-
-
-# anything but finished (F) or moved (X)
-PBS_LIVE = {"Q", "R", "H", "W", "T", "E", "B", "S", "U", "M"}
-SLURM_LIVE = {"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
-              "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
-
-
-@dataclass
-class JobState:
-    text: str     # as `make status` shows it: R, F (exit 1); RUNNING, FAILED, PENDING (DependencyNeverSatisfied)
-    live: bool    # queued, running or held: not finished
-
-
-def slurm_jobs(job_ids: list[str], what: str) -> dict[str, dict[str, str]]:
-    """job id -> {state, reason} from squeue (which still lists jobs that ended within the cluster's
-    MinJobAge), then sacct for the rest where accounting is on. An array is summed up over its tasks:
-    live while one is, else failed if one failed."""
-    if not job_ids:
-        return {}
-    tasks: dict[str, list[tuple[str, str]]] = {}
-    result = run_pbs(["squeue", "-h", "--states=all", "-o", "%F|%i|%T|%r", "-j", ",".join(job_ids)], what,
-                     missing=f"squeue not found on PATH: cannot {what}")
-    if result.returncode != 0 and "Invalid job id" not in result.stderr:
-        fail(f"squeue -j {','.join(job_ids)} failed (exit {result.returncode}) while trying to {what}: "
-             f"{result.stderr.strip()}")
-    for line in result.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 4:
-            tasks.setdefault(parts[0], []).append((parts[2], parts[3]))
-    unknown = [i for i in job_ids if i.split("_")[0] not in tasks]
-    if unknown and shutil.which("sacct"):
-        result = run_pbs(["sacct", "-n", "-P", "-X", "-o", "JobIDRaw,State,Reason", "-j", ",".join(unknown)], what)
-        if result.returncode == 0:   # without accounting sacct only says so; squeue was all there is
-            for line in result.stdout.splitlines():
-                parts = line.strip().split("|")
-                if len(parts) == 3:
-                    tasks.setdefault(parts[0].split("_")[0], []).append((parts[1].split()[0], parts[2]))
-    found = {}
-    for job_id in job_ids:
-        states = tasks.get(job_id.split("_")[0])
-        if not states:
-            continue
-        live = [s for s in states if s[0] in SLURM_LIVE]
-        bad = [s for s in states if s[0] not in SLURM_LIVE and s[0] != "COMPLETED"]
-        state, reason = (live or bad or states)[0]
-        found[job_id] = {"state": state, "reason": reason if reason not in ("None", "") else ""}
-    return found
-
-
-def job_states(scheduler: str, job_ids: list[str], what: str) -> dict[str, JobState]:
-    """The states of submitted jobs, one scheduler call for all; ids the scheduler has forgotten are left out."""
-    if scheduler == "pbs":
-        states = {}
-        for job_id, info in qstat_jobs(job_ids, what).items():
-            state = info.get("job_state", "?")
-            text = f"F (exit {info['Exit_status']})" if state == "F" and "Exit_status" in info else state
-            states[job_id] = JobState(text, state in PBS_LIVE)
-        return states
-    if scheduler == "slurm":
-        return {job_id: JobState(f"{info['state']} ({info['reason']})" if info["reason"] else info["state"],
-                                 info["state"] in SLURM_LIVE)
-                for job_id, info in slurm_jobs(job_ids, what).items()}
-    return {}
-
-
-# ---------------------------------------------------------------------------------------------
-# Local jobs (SCHEDULER=local): each runs in a session of its own, so it must be stopped by us
-# ---------------------------------------------------------------------------------------------
-STOP_GRACE_S = 30.0
-
-
-def die_with_parent(signum: int) -> None:
-    """Ask Linux to send `signum` to this process when its parent dies (a killed make or wrapper)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-class LocalJobs:
-    """The process groups of a local job's running array indices; `stop` ends every one of them.
-
-    The jobs run in sessions of their own (as under PBS, and so that a terminal's Ctrl-C reaches
-    this process only): when this process is told to stop (Ctrl-C, SIGTERM, SIGHUP, its parent
-    dying), `stop` passes SIGTERM on to every group, as qdel does, then SIGKILL after a grace period,
-    and no index starts afterwards.
-    """
-
-    def __init__(self) -> None:
-        import threading
-        self._lock = threading.Lock()
-        self._running: set[subprocess.Popen] = set()
-        self.stopped = False
-
-    def run(self, cmd: list[str], env: dict[str, str]) -> int | None:
-        """Run one index to its end; None when stopped before it could start."""
-        with self._lock:
-            if self.stopped:
-                return None
-            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-            self._running.add(proc)
-        try:
-            return proc.wait()
-        finally:
-            with self._lock:
-                if proc.returncode is not None:
-                    self._running.discard(proc)
-
-    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
-        import signal
-        import time
-
-        with self._lock:
-            self.stopped = True
-            procs = list(self._running)
-        for proc in procs:
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in procs:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    try:
-        os.killpg(proc.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,15 +201,24 @@ def array_indices(spec: str) -> list[int]:
     return list(range(start, end + 1, step))
 
 
+# shell-quoted word lists that a job splits (shlex) and never evaluates: qsub gets them re-quoted as shlex.join
+# does, with quotes only around the words that need them (the Makefile quotes every word), since qsub -v
+# cannot carry a quote
+SHELL_WORDS = ("STEP_ARGS", "PLAN_ARGS")
+
+
 def quote_value(name: str, value: str) -> str:
-    """One `NAME=VALUE` item of qsub -v: values with commas, spaces or quotes are quoted for PBS."""
+    """One `NAME=VALUE` item of qsub -v: a value with commas or spaces goes in single quotes. PBS's qsub cannot
+    carry a quote or a backslash inside a value (OpenPBS 23.06 turns quotes into backslashes, doubles
+    backslashes and drops the variables after it), so such a value is refused rather than garbled."""
     if SAFE_VALUE.match(value):
         return f"{name}={value}"
-    if "'" not in value:
-        return f"{name}='{value}'"
-    if '"' not in value:
-        return f'{name}="{value}"'
-    fail(f"--var {name}: a value holding both ' and \" cannot be passed through qsub -v")
+    bad = [c for c in ("'", '"', "\\") if c in value]
+    if bad:
+        fail(f"--var {name}={value!r}: qsub -v cannot pass {' or '.join(bad)} inside a value (PBS garbles it); "
+             "use a value without quotes or backslashes (an argument with spaces or shell characters gets quotes "
+             "in STEP_ARGS): SCHEDULER=slurm and local pass any value")
+    return f"{name}='{value}'"
 
 
 def qsub_command(job: Job, group: str, queue: str, rtype: str, log_dir: Path) -> list[str]:
@@ -393,6 +233,12 @@ def qsub_command(job: Job, group: str, queue: str, rtype: str, log_dir: Path) ->
     variables = dict(job.variables)
     if rtype:
         variables["RTYPE"] = rtype
+    for name in SHELL_WORDS:
+        if name in variables:
+            try:
+                variables[name] = shlex.join(shlex.split(variables[name]))
+            except ValueError:
+                pass        # the job's own split of it says what is wrong
     cmd = ["qsub", "-N", job.name, "-P", group, "-q", queue, "-l", f"select={job.nodes}"]
     if job.walltime:
         if not WALLTIME.match(job.walltime):
@@ -494,78 +340,6 @@ def submit_slurm(job: Job, options: SchedulerOptions, exp: Path) -> str:
     return submit_batch(job, exp, cmd, "slurm", env)
 
 
-def _local_env(job: Job, job_id: str, nodefile: Path, index: int | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(job.variables)
-    env.update({"PBS_JOBID": job_id if index is None else job_id.replace("[]", f"[{index}]"),
-                "PBS_JOBNAME": job.name, "PBS_O_WORKDIR": os.getcwd(), "PBS_NODEFILE": str(nodefile),
-                "PBS_ENVIRONMENT": "PBS_BATCH"})
-    if index is not None:
-        env["PBS_ARRAY_INDEX"] = str(index)
-    else:
-        env.pop("PBS_ARRAY_INDEX", None)
-    return env
-
-
-def run_local(job: Job, args: "SchedulerOptions", exp: Path) -> int:
-    indices = array_indices(job.array) if job.array else [None]
-    serial = f"{int(time.time() * 1000) % 10**10}{os.getpid() % 100:02d}"
-    job_id = f"{serial}[].local" if job.array else f"{serial}.local"
-    cmd = ["bash", str(job.template)]
-    if args.dry_run:
-        env_text = " ".join(f"{k}={shlex.quote(v)}" for k, v in job.variables.items())
-        array_text = f" (for PBS_ARRAY_INDEX in {job.array})" if job.array else ""
-        print(f"{env_text} {shlex.join(cmd)}{array_text}".strip())
-        return 0
-    if job.depend:
-        print(f"note: DEPEND={job.depend} ignored locally (local jobs run in order)", file=sys.stderr)
-    # a killed make (or train.py) must not leave its job running: the job has a session of its own
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() != PARENT_PID:
-        fail(f"job {job.name}: the process that started submit.py is gone; nothing was run")
-    with tempfile.NamedTemporaryFile("w", prefix="pbs_nodefile.", suffix=".txt", delete=False) as nodefile:
-        nodefile.write(socket.gethostname() + "\n")
-    started = now_iso()
-    jobs = LocalJobs()
-    try:
-        def run_one(index: int | None) -> int | None:
-            return jobs.run(cmd, _local_env(job, job_id, Path(nodefile.name), index))
-
-        if len(indices) == 1:
-            statuses = {indices[0]: run_one(indices[0])}
-        else:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-                futures = [pool.submit(run_one, index) for index in indices]
-                try:
-                    statuses = {index: future.result() for index, future in zip(indices, futures)}
-                except KeyboardInterrupt:
-                    jobs.stop()     # before the pool waits for its threads, which wait for the jobs
-                    raise
-    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM/SIGHUP (pipeline.errors.Terminated)
-        jobs.stop()
-        how = signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
-        record(exp, {"time": started, "end_time": now_iso(), "scheduler": "local", "template": str(job.template),
-                     "name": job.name, "variables": job.variables, "array": job.array, "job_id": job_id,
-                     "exit_status": 128 + getattr(exc, "signum", signal.SIGINT), "interrupted": how,
-                     "git_commit": git_commit()})
-        print(f"error: job {job.name} stopped ({how}): its processes were sent SIGTERM", file=sys.stderr)
-        raise
-    finally:
-        os.unlink(nodefile.name)
-    failed = {i: s for i, s in statuses.items() if s != 0}
-    status = next(iter(failed.values())) if failed else 0
-    record(exp, {"time": started, "end_time": now_iso(), "scheduler": "local", "template": str(job.template),
-                 "name": job.name, "variables": job.variables, "array": job.array, "job_id": job_id,
-                 "exit_status": status, "failed_indices": sorted(i for i in failed if i is not None),
-                 "git_commit": git_commit()})
-    if failed:
-        where = "" if indices == [None] else f" (array indices {', '.join(map(str, sorted(failed)))})"
-        print(f"error: job {job.name} from {job.template} failed with exit status {status}{where}",
-              file=sys.stderr)
-        return status if 0 < status < 256 else 1
-    return 0
-
-
 def make_job(template: str | Path, name: str, variables: dict[str, str], exp: Path, *, array: str = "",
              depend: str = "", nodes: int = 1, walltime: str = "") -> Job:
     """A job of a pbs/ template (a path, or relative to the checkout), with REPO_DIR and EXP_DIR added."""
@@ -589,4 +363,5 @@ def submit(job: Job, options: SchedulerOptions, exp: Path) -> tuple[int, str | N
         return 0, submit_pbs(job, options, exp) or None
     if options.scheduler == "slurm":
         return 0, submit_slurm(job, options, exp) or None
+    from pipeline.local_jobs import run_local   # it imports this module
     return run_local(job, options, exp), None

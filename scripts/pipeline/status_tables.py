@@ -2,8 +2,9 @@
 
 A stage is `done` when its sentinel EXP_DIR/.state/<dataset>/<stage>/done.json exists, `partial`
 when its output folder has files but no sentinel (running, failed or killed), `missing` otherwise.
-Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states, under slurm `squeue`
-(then `sacct`).
+Under SCHEDULER=pbs the job table asks `qstat -f -x -F json` for the current states (pipeline/job_states.py),
+under slurm `squeue` (then `sacct`); a job they no longer know (PBS without job history) is shown as its own
+log's .status file says it ended.
 Each run under EXP_DIR/runs/<TASK>/<PARAM>/<SIZE>/seed<SEED>/ gets a row: the iteration its newest
 training log reached, the latest Megatron checkpoint, the Hugging Face conversions and the tokenizer check
 recorded in the latest one (pipeline/tokenizer_check.py); each soup under EXP_DIR/soups/<SOUP_NAME>/ one more.
@@ -23,7 +24,8 @@ from pipeline.hf_folder import RECORD_FILE
 from pipeline.megatron_ckpt import ITER_DIR, TRACKER, available_iterations
 from pipeline.megatron_log import find_logs, last_iteration
 from pipeline.paths import extracted_dir, jobs_file, merged_dir, raw_dir, state_dir, tokenized_dir
-from pipeline.scheduler import job_states
+from pipeline.job_states import job_states
+from pipeline.scheduler import array_indices
 from pipeline.soup import PROVENANCE_FILE as SOUP_RECORD, hf_checkpoints
 from pipeline.units import human_binary
 
@@ -80,24 +82,69 @@ def read_jobs(exp: Path) -> list[dict]:
     return jobs
 
 
-def scheduler_states(scheduler: str, job_ids: list[str]) -> dict[str, str]:
+def scheduler_states(scheduler: str, job_ids: list[str]) -> dict[str, str] | None:
+    """id -> state text; None when the scheduler could not be asked (the warning says why)."""
     try:
         states = job_states(scheduler, job_ids, "show the job states")
     except PipelineError as exc:     # the tables are still worth showing without the states
         print(f"warning: {exc}", file=sys.stderr)
-        return {}
+        return None
     return {job_id: state.text for job_id, state in states.items()}
+
+
+def logged_statuses(exp: Path, job: dict) -> dict[str, int]:
+    """The exit statuses a batch job wrote into the .status files of EXP_DIR/logs (pbs/common.sh names them
+    <name>-<job id, [ and ] as _>.status): index (or '') -> status."""
+    name, job_id = job.get("name", ""), job["job_id"]
+    if job.get("array"):
+        number, _, rest = job_id.partition("[]")      # PBS 12[].pbs1 -> 12_<i>_.pbs1; Slurm 12 -> 12_<i>
+        pattern = f"{name}-{number}_*_{rest}.status" if rest or "[]" in job_id else f"{name}-{job_id}_*.status"
+        files = list((exp / "logs").glob(pattern))
+    else:
+        files = [exp / "logs" / f"{name}-{re.sub(r'[][]', '_', job_id)}.status"]
+    found = {}
+    for path in files:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            found[str(record.get("array_index", ""))] = int(record["status"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def forgotten_state(exp: Path, job: dict, scheduler: str) -> str:
+    """A job the scheduler no longer knows (PBS without job history forgets a job when it ends): how it ended,
+    as far as its own log says."""
+    asked = {"pbs": "qstat", "slurm": "squeue/sacct"}.get(scheduler, scheduler)
+    statuses = logged_statuses(exp, job)
+    if not statuses:
+        return f"unknown to {asked} (no job history?); no exit status in its log: it never ran, or was killed"
+    order = sorted(statuses, key=lambda index: (len(index), index))     # 2 before 10
+    bad = {index: statuses[index] for index in order if statuses[index] != 0}
+    if not job.get("array"):
+        return f"ended: exit {next(iter(statuses.values()))} (its log; unknown to {asked})"
+    expected = len(array_indices(job["array"]))
+    if bad:
+        listed = ", ".join(f"[{index}] exit {status}" for index, status in list(bad.items())[:3])
+        return f"ended: {len(bad)} of {expected} subjobs failed: {listed} (their logs; unknown to {asked})"
+    return (f"ended: exit 0 in {len(statuses)} of {expected} subjobs' logs (unknown to {asked})" if
+            len(statuses) < expected else f"ended: exit 0, {expected} subjobs (their logs; unknown to {asked})")
 
 
 def job_rows(exp: Path, scheduler: str) -> list[tuple[str, ...]]:
     jobs = read_jobs(exp)[-JOBS_SHOWN:]
-    states = scheduler_states(scheduler, [j["job_id"] for j in jobs if j.get("scheduler") == scheduler])
+    asked = [j["job_id"] for j in jobs if j.get("scheduler") == scheduler]
+    states = scheduler_states(scheduler, asked) if asked else {}
     rows = []
     for job in jobs:
         if job.get("scheduler") == "local":
             state = "ok" if job.get("exit_status") == 0 else f"failed (exit {job.get('exit_status')})"
+        elif job.get("scheduler") != scheduler:
+            state = f"submitted (to {job.get('scheduler')})"
+        elif states is None:
+            state = "submitted (state unknown: see the warning)"
         else:
-            state = states.get(job["job_id"], "submitted")
+            state = states.get(job["job_id"]) or forgotten_state(exp, job, scheduler)
         rows.append((job.get("time", "")[:19], job["job_id"], job.get("name", ""), state,
                      job.get("depend") or ""))
     return rows

@@ -49,7 +49,7 @@ import numpy as np
 from pipeline.errors import PipelineError, fail
 from pipeline.indexed import IndexedDatasetWriter, data_path, index_path, optimal_dtype
 from pipeline.lines import BAD_KINDS, BadLine, check_encodable, fast_loads, std_loads, texts_of
-from pipeline.scheduler import die_with_parent
+from pipeline.local_jobs import die_with_parent
 from pipeline.sysinfo import usable_cores
 
 TOKENIZER_TYPES = ("Llama2Tokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer")

@@ -2,8 +2,15 @@
 
 It accepts the documented PBS Professional grammar and rejects anything else with exit status 2 and a
 message on stderr, the way qsub does on a usage error. Each accepted submission is appended to
-$FAKEPBS_DIR/submissions.jsonl and gets an id like `1000.pbs1` (`1000[].pbs1` for arrays).
-Job states live in $FAKEPBS_DIR/jobs.json; tests change them to answer `qstat -f -x -F json`.
+$FAKEPBS_DIR/submissions.jsonl and gets an id like `1000.pbs1` (`1000[].pbs1` for arrays, whose subjobs
+`1000[0].pbs1` ... `qstat -t` lists). Job states live in $FAKEPBS_DIR/jobs.json; tests change them to answer
+`qstat -f -x -F json`. Where PBS's answers matter, they are those a real server gave (OpenPBS, run by
+tests/test_pbs.py): a finished job is `F` with `substate` 92 (exit 0, or never ran: deleted because a
+dependency failed, without `Exit_status`), 93 (failed) or 91 (qdel); without -x a finished id gives exit 35,
+an unknown one 153, and `-F json` prints its skeleton all the same; given several ids, `-F json` prints only
+the first job found (OpenPBS 23.06 does); a quote or backslash inside a -v value is refused (the real qsub
+garbles it). With FAKEPBS_NO_HISTORY set, the server keeps no job history: finished jobs are unknown, and
+`qstat -x` prints nothing but a message, even for a running job.
 
 Only the Python standard library is used: the stand-in runs with whatever python3 is on PATH.
 """
@@ -69,6 +76,9 @@ def parse_variable_list(text: str) -> dict[str, str]:
                 if end < 0:
                     raise Usage(f"qsub: illegal -v value: unterminated {quote} quote for {name}")
                 value = text[i + 1:end]
+                if "'" in value or '"' in value or "\\" in value:
+                    raise Usage(f"qsub: -v value of {name}: a quote or backslash inside a quoted value (the real "
+                                "qsub garbles it)")
                 i = end + 1
                 if i < n and text[i] != ",":
                     raise Usage(f"qsub: illegal -v value: text after the closing quote of {name}")
@@ -76,8 +86,8 @@ def parse_variable_list(text: str) -> dict[str, str]:
                 end = text.find(",", i)
                 end = n if end < 0 else end
                 value = text[i:end]
-                if "'" in value or '"' in value:
-                    raise Usage(f"qsub: illegal -v value: stray quote in the value of {name}")
+                if "'" in value or '"' in value or "\\" in value:
+                    raise Usage(f"qsub: illegal -v value: stray quote or backslash in the value of {name}")
                 i = end
         if value is None:
             value = os.environ.get(name, "")
@@ -293,17 +303,34 @@ def qsub(argv: list[str]) -> int:
     }
     with open(folder / "submissions.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry) + "\n")
-    update_jobs(folder, lambda jobs: jobs.__setitem__(job_id, {
-        "Job_Name": entry["name"], "job_state": "H" if entry["depend"] else "Q", "queue": entry["queue"],
-        "project": entry["project"], "Resource_List": entry["resources"], "array": bool(entry["array"]),
-    }))
+    record = {"Job_Name": entry["name"], "job_state": "H" if entry["depend"] else "Q",
+              "substate": 22 if entry["depend"] else 10, "queue": entry["queue"], "project": entry["project"],
+              "Resource_List": entry["resources"], "array": bool(entry["array"])}
+    if entry["depend"]:
+        record["depend"] = ",".join(f"{kind}:{':'.join(ids)}" for kind, ids in entry["depend"])
+
+    def add(jobs):
+        jobs[job_id] = record
+        if entry["array"]:
+            match = ARRAY.match(entry["array"])
+            for index in range(int(match[1]), int(match[2]) + 1, int(match[3] or 1)):
+                jobs[job_id.replace("[]", f"[{index}]")] = {**record, "array": False, "subjob": True}
+    update_jobs(folder, add)
     print(job_id)
     return 0
 
 
+def json_answer(jobs: dict) -> str:
+    """qstat -F json's output: the skeleton, and "Jobs" only when there are some."""
+    answer = {"timestamp": int(time.time()), "pbs_version": "23.06.06", "pbs_server": SERVER}
+    if jobs:
+        answer["Jobs"] = jobs
+    return json.dumps(answer, indent=4)
+
+
 def qstat(argv: list[str]) -> int:
     folder = state_dir()
-    full = history = False
+    full = history = subjobs = False
     fmt = None
     ids: list[str] = []
     i = 0
@@ -313,6 +340,8 @@ def qstat(argv: list[str]) -> int:
             full = True
         elif arg == "-x":
             history = True
+        elif arg == "-t":
+            subjobs = True
         elif arg == "-F":
             i += 1
             fmt = argv[i] if i < len(argv) else None
@@ -332,7 +361,15 @@ def qstat(argv: list[str]) -> int:
     jobs = json.loads(path.read_text()) if path.exists() else {}
     shown = {}
     status = 0
-    for job_id in ids or list(jobs):
+    if os.environ.get("FAKEPBS_NO_HISTORY"):    # job_history_enable = False
+        if history:     # -x is refused, even for a running job: a message, exit 0, and the skeleton
+            for job_id in ids:
+                print(f"qstat: PBS is not configured to maintain job history {job_id}", file=sys.stderr)
+            if fmt == "json":
+                print(json_answer({}))
+            return 0
+        jobs = {k: v for k, v in jobs.items() if v.get("job_state") != "F"}    # gone once finished
+    for job_id in ids or [k for k, v in jobs.items() if not v.get("subjob")]:
         if job_id not in jobs:
             print(f"qstat: Unknown Job Id {job_id}", file=sys.stderr)
             status = 153
@@ -343,22 +380,34 @@ def qstat(argv: list[str]) -> int:
                   file=sys.stderr)
             status = 35
             continue
-        shown[job_id] = job
+        found = {job_id: job}
+        if subjobs and "[]" in job_id:
+            found.update({k: v for k, v in jobs.items() if v.get("subjob") and k.split("[")[0] == job_id.split("[")[0]})
+        if fmt == "json" and ids and shown:
+            continue      # OpenPBS 23.06: with several ids only the first job found is printed
+        shown.update(found)
     if fmt == "json":
-        print(json.dumps({"timestamp": int(time.time()), "pbs_version": "2022.1.1", "pbs_server": SERVER,
-                          "Jobs": shown}, indent=4))
+        print(json_answer(shown))
     else:
         for job_id, job in shown.items():
             print(f"{job_id:<20} {job.get('Job_Name', ''):<16} {job.get('job_state', '')}")
     return status
 
 
-def set_state(job_id: str, state: str, exit_status: int | None = None) -> None:
-    """For tests: move a job to state Q/R/H/F (F with its Exit_status)."""
+def set_state(job_id: str, state: str, exit_status: int | None = None, substate: int | None = None) -> None:
+    """For tests: move a job to state Q/R/H/F. F's substate is, unless given, what PBS gives: 92 (exit 0, or
+    never ran when there is no exit status) or 93 (failed); 91 is a job qdel ended."""
     def change(jobs):
-        jobs.setdefault(job_id, {})["job_state"] = state
+        job = jobs.setdefault(job_id, {})
+        job["job_state"] = state
         if exit_status is not None:
-            jobs[job_id]["Exit_status"] = exit_status
+            job["Exit_status"] = exit_status
+        if substate is not None:
+            job["substate"] = substate
+        elif state == "F":
+            job["substate"] = 93 if exit_status not in (0, None) else 92
+        else:
+            job["substate"] = {"Q": 10, "H": 22, "R": 42}.get(state, 0)
     update_jobs(state_dir(), change)
 
 
